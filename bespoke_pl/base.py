@@ -1,0 +1,171 @@
+"""Load a base model (SD 1.5 or SDXL) from a hub id, a local diffusers folder or a single checkpoint file.
+
+Components are loaded one by one with ``from_pretrained(..., subfolder=...)``: the trainer needs the UNet,
+VAE, tokenizers, text encoders and the scheduler's config, never the pipeline's safety checker.
+``tiny:sd15`` and ``tiny:sdxl`` name the project's tiny offline models (built on first use).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("sd15", "sdxl")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+class BaseModelError(ValueError):
+    """The base model cannot be used as configured (missing, wrong family, unreadable)."""
+
+
+@dataclass
+class BaseModel:
+    """The frozen parts of a Stable Diffusion model that LoRA training needs."""
+
+    family: str
+    unet: nn.Module
+    vae: nn.Module
+    tokenizers: list
+    text_encoders: list[nn.Module]
+    scheduler_config: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def resolve_spec(spec: str) -> str:
+    from bespoke_pl.tiny import resolve_tiny
+
+    return resolve_tiny(spec) or spec
+
+
+def family_of_folder(folder: Path) -> str:
+    """Detect the family of a local diffusers folder from its files."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        names = json.loads(index.read_text())
+        if "text_encoder_2" in names or "XL" in str(names.get("_class_name", "")):
+            return "sdxl"
+        return "sd15"
+    unet_config = folder / "unet" / "config.json"
+    if unet_config.is_file():
+        config = json.loads(unet_config.read_text())
+        return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd15"
+    raise BaseModelError(
+        f"{folder} is not a diffusers model folder (no model_index.json or unet/config.json)"
+    )
+
+
+def family_of_hub(repo_id: str) -> str:
+    from diffusers import DiffusionPipeline
+
+    try:
+        config = DiffusionPipeline.load_config(repo_id)
+    except Exception as error:  # hub errors come in many classes; say what failed and why
+        raise BaseModelError(f"cannot read base model {repo_id!r}: {error}") from error
+    return "sdxl" if "text_encoder_2" in config else "sd15"
+
+
+def family_of_file(path: Path) -> str:
+    """Detect the family of a single-file checkpoint from its key names (original SGM/LDM layout)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    else:
+        import torch
+
+        state = torch.load(path, map_location="meta", weights_only=True)
+        keys = list(state.get("state_dict", state).keys())
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.") for k in keys):
+        return "sd15"
+    raise BaseModelError(f"{path} does not look like an SD 1.5 or SDXL checkpoint")
+
+
+def detect_family(spec: str) -> str:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return family_of_file(path)
+    if path.is_dir():
+        return family_of_folder(path)
+    if path.suffix in SINGLE_FILE_SUFFIXES or spec.startswith((".", "/", "~")):
+        raise BaseModelError(f"base model {spec} does not exist")
+    return family_of_hub(spec)
+
+
+def check_family(spec: str, detected: str, requested: str) -> str:
+    if requested not in ("auto", *FAMILIES):
+        raise BaseModelError(f"family must be auto, sd15 or sdxl, got {requested!r}")
+    if requested != "auto" and requested != detected:
+        raise BaseModelError(f"the config says family {requested} but base model {spec} is {detected}")
+    return detected
+
+
+def load_base(spec: str, family: str = "auto", config_source: str | None = None) -> BaseModel:
+    """Load a base model's components in float32, frozen and in eval mode.
+
+    Args:
+        spec: Hub id, local diffusers folder, single ``.safetensors``/``.ckpt`` file, or ``tiny:<family>``.
+        family: ``auto`` to detect, or ``sd15`` / ``sdxl`` to insist (a mismatch is an error).
+        config_source: For single files: a diffusers folder or hub id to take component configs from
+            (needed offline; online, diffusers picks the matching official repo).
+    """
+    source = resolve_spec(spec)
+    detected = check_family(spec, detect_family(source), family)
+    path = Path(source).expanduser()
+    if path.is_file():
+        base = _load_single_file(path, detected, config_source)
+    else:
+        base = _load_components(str(path) if path.is_dir() else source, detected)
+    for module in (base.unet, base.vae, *base.text_encoders):
+        module.requires_grad_(False).eval()
+    base.source = spec
+    return base
+
+
+def _load_components(source: str, family: str) -> BaseModel:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    log.info("loading %s base model from %s", family, source)
+    tokenizers = [CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")]
+    encoders: list[nn.Module] = [CLIPTextModel.from_pretrained(source, subfolder="text_encoder")]
+    if family == "sdxl":
+        tokenizers.append(CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2"))
+    return BaseModel(
+        family=family,
+        unet=UNet2DConditionModel.from_pretrained(source, subfolder="unet"),
+        vae=AutoencoderKL.from_pretrained(source, subfolder="vae"),
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        scheduler_config=dict(DDPMScheduler.load_config(source, subfolder="scheduler")),
+    )
+
+
+def _load_single_file(path: Path, family: str, config_source: str | None) -> BaseModel:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    kwargs = {"config": resolve_spec(config_source)} if config_source else {}
+    if family == "sd15":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    log.info("loading %s single-file checkpoint %s", family, path)
+    pipe = pipeline_class.from_single_file(str(path), **kwargs)
+    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
+    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    return BaseModel(
+        family=family,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        tokenizers=tokenizers,
+        text_encoders=encoders,
+        scheduler_config=dict(pipe.scheduler.config),
+    )

@@ -1,0 +1,266 @@
+"""Strict 24x24 image + caption pairs, read once into memory, and the LightningDataModule around them.
+
+Nothing is resampled, bucketed, flipped or cropped: an image of any other size is refused, colours stay
+exact uint8 (the model maps them to [-1, 1] losslessly). Kohya's dataset options that make sense for a
+fixed set of tiny images are here: ``num_repeats``, caption dropout and caption shuffling with
+``keep_tokens``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A training folder that cannot be used as it is; the message lists every offending file."""
+
+
+@dataclass
+class PixelPairs:
+    """The whole data set in memory: images (N, 3, H, W) uint8 and one caption per image."""
+
+    paths: list[Path]
+    images: torch.Tensor
+    captions: list[str]
+
+
+def parse_colour(value: str) -> tuple[int, int, int]:
+    """Parse ``#rrggbb``, ``rrggbb`` or ``r,g,b`` into an RGB triple."""
+    text = value.strip()
+    try:
+        if "," in text:
+            rgb = tuple(int(part) for part in text.split(","))
+        else:
+            text = text.removeprefix("#")
+            if len(text) != 6:
+                raise ValueError
+            rgb = tuple(int(text[i : i + 2], 16) for i in (0, 2, 4))
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"background colour {value!r} is not '#rrggbb' or 'r,g,b' with values 0-255")
+    return rgb  # type: ignore[return-value]
+
+
+def _has_transparency(image: Image.Image) -> bool:
+    if image.mode in ("RGBA", "LA", "PA"):
+        return image.getchannel("A").getextrema()[0] < 255
+    return "transparency" in image.info
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int] | None) -> np.ndarray:
+    """Convert an opaque or (with a background) transparent image to exact RGB uint8 (H, W, 3)."""
+    if not _has_transparency(image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    assert background is not None
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+    alpha = rgba[..., 3:4]
+    bg = np.asarray(background, dtype=np.uint16)
+    # Integer compositing with rounding: alpha 255 keeps the colour exactly, alpha 0 gives the background.
+    rgb = (rgba[..., :3] * alpha + bg * (255 - alpha) + 127) // 255
+    return rgb.astype(np.uint8)
+
+
+def load_pairs(
+    root: str | Path,
+    resolution: int = 24,
+    caption_extension: str = ".txt",
+    background: str | None = None,
+    default_caption: str | None = None,
+) -> PixelPairs:
+    """Read every ``*.png`` in ``root`` with its same-stem caption, refusing anything not strictly usable.
+
+    All problems are collected first, so one error lists every offending file rather than the first one.
+    """
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"training folder {folder} does not exist or is not a folder")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not paths:
+        raise DatasetError(f"training folder {folder} has no .png images")
+    bg = parse_colour(background) if background else None
+
+    problems: dict[str, list[str]] = {}
+    images: list[np.ndarray] = []
+    captions: list[str] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                if image.size != (resolution, resolution):
+                    problems.setdefault(f"not {resolution}x{resolution}", []).append(
+                        f"{path.name} ({image.width}x{image.height})"
+                    )
+                    continue
+                if image.mode.startswith("I") or image.mode == "F":
+                    problems.setdefault("not 8-bit colour", []).append(f"{path.name} (mode {image.mode})")
+                    continue
+                if bg is None and _has_transparency(image):
+                    problems.setdefault("transparent but no `background` colour is set", []).append(path.name)
+                    continue
+                images.append(_to_rgb(image, bg))
+        except (OSError, SyntaxError) as error:
+            problems.setdefault("unreadable image", []).append(f"{path.name} ({error})")
+            continue
+
+        caption_path = path.with_suffix(caption_extension)
+        caption = None
+        if caption_path.is_file():
+            try:
+                caption = caption_path.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError:
+                problems.setdefault("caption is not UTF-8", []).append(caption_path.name)
+                continue
+        if not caption:
+            if default_caption is None:
+                kind = "missing caption" if caption is None else "empty caption"
+                problems.setdefault(f"{kind} (set `default_caption` to allow)", []).append(caption_path.name)
+                continue
+            caption = default_caption
+        captions.append(caption)
+
+    if problems:
+        lines = [f"{len(paths)} images in {folder}; these cannot be used:"]
+        for problem, files in problems.items():
+            lines.append(f"  {problem}: {', '.join(files)}")
+        raise DatasetError("\n".join(lines))
+    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    return PixelPairs(paths=paths, images=stacked, captions=captions)
+
+
+def shuffle_caption(caption: str, keep_tokens: int, generator: torch.Generator) -> str:
+    """Shuffle a caption's comma-separated tags, keeping the first ``keep_tokens`` tags in place."""
+    tags = [tag.strip() for tag in caption.split(",")]
+    fixed, rest = tags[:keep_tokens], tags[keep_tokens:]
+    order = torch.randperm(len(rest), generator=generator).tolist()
+    return ", ".join(fixed + [rest[i] for i in order])
+
+
+class PixelPairDataset(Dataset):
+    """Index -> {"pixels": uint8 (3, H, W), "caption": str, "index": int}, with the caption options."""
+
+    def __init__(
+        self,
+        pairs: PixelPairs,
+        num_repeats: int = 1,
+        caption_dropout: float = 0.0,
+        shuffle_captions: bool = False,
+        keep_tokens: int = 0,
+    ) -> None:
+        self.pairs = pairs
+        self.num_repeats = num_repeats
+        self.caption_dropout = caption_dropout
+        self.shuffle_captions = shuffle_captions
+        self.keep_tokens = keep_tokens
+
+    @property
+    def caption_is_fixed(self) -> bool:
+        """True when an image always gets the same caption text (so its text embedding can be cached)."""
+        return self.caption_dropout == 0 and not self.shuffle_captions
+
+    def __len__(self) -> int:
+        return len(self.pairs.captions) * self.num_repeats
+
+    def __getitem__(self, i: int) -> dict:
+        index = i % len(self.pairs.captions)
+        caption = self.pairs.captions[index]
+        if not self.caption_is_fixed:
+            # Seeded from torch's global RNG, which Lightning's seed_everything (and worker seeding) fixes.
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            if self.shuffle_captions:
+                caption = shuffle_caption(caption, self.keep_tokens, generator)
+            if self.caption_dropout and torch.rand((), generator=generator).item() < self.caption_dropout:
+                caption = ""
+        return {"pixels": self.pairs.images[index], "caption": caption, "index": index}
+
+
+class PixelArtDataModule(L.LightningDataModule):
+    """A folder of strict NxN PNGs with same-stem caption files.
+
+    Args:
+        root: Folder of ``*.png`` images and their captions. ``demo:punks`` is the bundled demo set,
+            generated on first use.
+        resolution: The only accepted image size (square); any other size is refused, never resampled.
+        caption_extension: Extension of the caption file next to each image.
+        background: Colour (``#rrggbb`` or ``r,g,b``) composited under transparent pixels; images with
+            transparency are refused while this is unset.
+        default_caption: Caption used for images whose caption file is missing or empty; unset refuses them.
+        num_repeats: How many times each image appears per epoch (kohya's ``num_repeats``).
+        batch_size: Images per optimizer step and device.
+        caption_dropout: Probability of training an image with an empty caption.
+        shuffle_captions: Shuffle the comma-separated tags of each caption every time it is drawn.
+        keep_tokens: With ``shuffle_captions``, how many leading tags stay in place.
+        num_workers: DataLoader workers; the set is in memory, so 0 is usually fastest.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        resolution: int = 24,
+        caption_extension: str = ".txt",
+        background: str | None = None,
+        default_caption: str | None = None,
+        num_repeats: int = 1,
+        batch_size: int = 4,
+        caption_dropout: float = 0.0,
+        shuffle_captions: bool = False,
+        keep_tokens: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= caption_dropout <= 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
+        if num_repeats < 1 or batch_size < 1:
+            raise ValueError("num_repeats and batch_size must be >= 1")
+        self.save_hyperparameters()
+        self.pairs: PixelPairs | None = None
+        self.train_set: PixelPairDataset | None = None
+
+    @property
+    def root_path(self) -> Path:
+        root = self.hparams.root
+        if root.startswith("demo:"):
+            from bespoke_pl.demo_data import resolve_demo
+
+            root = resolve_demo(root)
+        return Path(root).expanduser()
+
+    def load(self) -> PixelPairs:
+        """Read and check the folder once; later calls return the same in-memory set."""
+        if self.pairs is None:
+            h = self.hparams
+            self.pairs = load_pairs(
+                self.root_path, h.resolution, h.caption_extension, h.background, h.default_caption
+            )
+            log.info("loaded %d image-caption pairs from %s", len(self.pairs.captions), self.root_path)
+        return self.pairs
+
+    def prepare_data(self) -> None:
+        # Builds the demo set once (rank zero) when ``root`` names it; a no-op for a real folder.
+        _ = self.root_path
+
+    def setup(self, stage: str) -> None:
+        h = self.hparams
+        self.train_set = PixelPairDataset(
+            self.load(), h.num_repeats, h.caption_dropout, h.shuffle_captions, h.keep_tokens
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup('fit') first"
+        return DataLoader(
+            self.train_set,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )

@@ -1,0 +1,312 @@
+"""The LightningModule: wires base model, LoRA, text conditioning and the diffusion loss; logs the loss."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from bespoke_pl.base import BaseModel, load_base
+from bespoke_pl.conditioning import PromptEmbeds, encode_prompts, sdxl_time_ids
+from bespoke_pl.diffusion import (
+    add_noise,
+    alphas_cumprod_from_config,
+    diffusion_loss,
+    make_noise,
+    min_snr_weights,
+    sample_timesteps,
+    training_target,
+)
+from bespoke_pl.lora import add_lora, lora_parameters, lora_state_dict, text_encoder_targets, unet_targets
+from bespoke_pl.pixels import reduce_blocks, to_model_range, upscale_nearest
+from bespoke_pl.sampling import build_pipeline, generate
+
+log = logging.getLogger(__name__)
+
+
+def weight_dtype_for(device: torch.device, requested: str) -> torch.dtype:
+    """Dtype of the frozen UNet and text encoders: half precision on CUDA only, float32 elsewhere.
+
+    CPU has no fast half-precision kernels and MPS half precision still misbehaves in places, so both
+    stay float32 unless the user insists. LoRA weights are float32 everywhere regardless.
+    """
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _lr_lambda(kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if kind == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+class PixelLoRAModule(L.LightningModule):
+    """LoRA training of an SD 1.5 or SDXL base on nearest-upscaled pixel art.
+
+    Args:
+        base_model: Hub id, local diffusers folder, single ``.safetensors``/``.ckpt`` file, or
+            ``tiny:sd15`` / ``tiny:sdxl`` (tiny offline models, built on first use).
+        family: ``auto`` detects SD 1.5 vs SDXL from the weights; ``sd15``/``sdxl`` insists (mismatch errors).
+        base_config: For a single-file base: a diffusers folder or hub id to read component configs from.
+        resolution: Side of the training images in art pixels (linked from ``data.resolution``).
+        pixel_scale: Nearest-upscale factor k before the VAE. 8 puts one art pixel in one latent cell
+            (24 -> 192 px -> 24x24 latent); 1 trains on the literal 24x24 images (a 3x3 latent).
+        clip_skip: Text-encoder layer counted from the end, kohya/A1111 numbering (1 = last). SD 1.5: that
+            layer then the final layer norm. SDXL: that layer of both encoders, no final norm; 2 is standard.
+        rank: LoRA rank of the UNet's attention/feed-forward layers (and text encoders).
+        alpha: LoRA alpha; updates are scaled by alpha / rank.
+        lora_dropout: Dropout on the LoRA branch input during training.
+        conv_rank: Rank of LoRA on the ResNet/sampler convolutions (kohya's ``conv_dim``); unset: none.
+        conv_alpha: Alpha of the convolution LoRA; unset: equal to ``conv_rank``.
+        use_dora: Weight-decomposed LoRA (DoRA) instead of plain LoRA.
+        train_text_encoder: Also train LoRA on the text encoder(s) (both for SDXL).
+        text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
+        noise_offset: Per-channel constant added to the training noise (0 disables).
+        min_snr_gamma: Min-SNR loss weighting gamma (5 is usual); unset: plain MSE.
+        weight_dtype: Dtype of the frozen UNet/text encoders; ``auto`` is bf16 (fp16) on CUDA, fp32 elsewhere.
+            The VAE always runs in float32 (SDXL's VAE overflows in fp16).
+        optimizer: Optimizer for the LoRA parameters (LightningCLI ``class_path`` + ``init_args``).
+        lr_schedule: Learning-rate shape after warmup: constant, cosine (to 0) or linear (to 0).
+        lr_warmup_steps: Optimizer steps of linear warmup from 0.
+        gradient_checkpointing: Recompute UNet activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        base_model: str,
+        family: Literal["auto", "sd15", "sdxl"] = "auto",
+        base_config: str | None = None,
+        resolution: int = 24,
+        pixel_scale: int = 8,
+        clip_skip: int = 1,
+        rank: int = 16,
+        alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        conv_rank: int | None = None,
+        conv_alpha: float | None = None,
+        use_dora: bool = False,
+        train_text_encoder: bool = False,
+        text_encoder_lr: float | None = None,
+        noise_offset: float = 0.0,
+        min_snr_gamma: float | None = None,
+        weight_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
+        lr_warmup_steps: int = 0,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if pixel_scale < 1 or clip_skip < 1 or rank < 1:
+            raise ValueError("pixel_scale, clip_skip and rank must all be >= 1")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        # Frozen base weights are not part of a checkpoint (see on_save_checkpoint), so loading is lenient.
+        self.strict_loading = False
+        self.family: str | None = None
+        self.tokenizers: list = []
+
+    # ----------------------------------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        if self.family is not None:
+            return  # already built (configure_model runs once per fit/validate call)
+        h = self.hparams
+        self.attach_base(load_base(h.base_model, h.family, h.base_config))
+
+    def attach_base(self, base: BaseModel) -> None:
+        """Take a loaded base model, add LoRA and place the frozen parts in their dtypes."""
+        h = self.hparams
+        self.family, self.tokenizers = base.family, base.tokenizers
+        self.scheduler_config = base.scheduler_config
+        self.prediction_type = base.scheduler_config.get("prediction_type", "epsilon")
+        self.register_buffer("alphas_cumprod", alphas_cumprod_from_config(base.scheduler_config), False)
+        self.vae = base.vae.float()
+        # configure_model runs before the strategy moves the module, so ask the strategy for the device.
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        dtype = weight_dtype_for(device, h.weight_dtype)
+        self.unet = base.unet if base.unet.dtype == dtype else base.unet.to(dtype)
+        self.text_encoders = nn.ModuleList(
+            [e if e.dtype == dtype else e.to(dtype) for e in base.text_encoders]
+        )
+        linear, conv = unet_targets(self.unet, include_conv=h.conv_rank is not None)
+        add_lora(
+            self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha
+        )
+        if h.train_text_encoder:
+            for encoder in self.text_encoders:
+                add_lora(encoder, text_encoder_targets(encoder), h.rank, h.alpha, h.lora_dropout, h.use_dora)
+        # LoRA weights train in float32 even when the frozen weights they sit on are half precision.
+        for parameter in self.trainable_parameters():
+            parameter.data = parameter.data.float()
+        if h.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.train(self.training)
+        log.info(
+            "%s base %s: %d trainable LoRA parameters (%d modules)",
+            self.family,
+            h.base_model,
+            sum(p.numel() for p in self.trainable_parameters()),
+            len(linear) + len(conv),
+        )
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode; only LoRA dropout follows the training mode."""
+        super().train(mode)
+        if self.family is None:
+            return self
+        for part in (self.vae, self.unet, self.text_encoders):
+            part.eval()
+            for name, module in part.named_modules():
+                if "lora_dropout" in name:
+                    module.train(mode)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = lora_parameters(self.unet)
+        if self.hparams.train_text_encoder:
+            params += [p for e in self.text_encoders for p in lora_parameters(e)]
+        return params
+
+    # ------------------------------------------------------------------------------------- encoding
+    @property
+    def image_size(self) -> int:
+        return self.hparams.resolution * self.hparams.pixel_scale
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 art (B, 3, 24, 24) -> scaled latents (B, 4, 3k, 3k) through the fp32 VAE.
+
+        The posterior mean, not a sample: the art is exact, and a deterministic latent is what a cache
+        stores; the SD VAE's posterior variance is tiny anyway.
+        """
+        images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(self.device)
+        with torch.autocast(self.device.type, enabled=False):
+            latents = self.vae.encode(images.float()).latent_dist.mean
+        return latents * self.vae.config.scaling_factor
+
+    def encode_text(self, captions: list[str]) -> PromptEmbeds:
+        """Captions -> UNet conditioning, with the training clip skip (used for sampling too)."""
+        encoders = list(self.text_encoders)
+        with torch.set_grad_enabled(self.hparams.train_text_encoder and torch.is_grad_enabled()):
+            return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip)
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+        dtype = self.unet.dtype
+        added = None
+        if embeds.pooled is not None:
+            time_ids = sdxl_time_ids(self.image_size, noisy.shape[0], noisy.device, dtype)
+            added = {"text_embeds": embeds.pooled.to(dtype), "time_ids": time_ids}
+        return self.unet(
+            noisy.to(dtype),
+            timesteps,
+            encoder_hidden_states=embeds.sequence.to(dtype),
+            added_cond_kwargs=added,
+        ).sample
+
+    # ------------------------------------------------------------------------------------- training
+    def compute_loss(self, latents: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+        h = self.hparams
+        noise = make_noise(latents, h.noise_offset)
+        timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), device=latents.device)
+        noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
+        target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
+        weights = None
+        if h.min_snr_gamma:
+            weights = min_snr_weights(timesteps, self.alphas_cumprod, h.min_snr_gamma, self.prediction_type)
+        return diffusion_loss(self.predict(noisy, timesteps, embeds), target, weights)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        latents = self.encode_images(batch["pixels"])
+        loss = self.compute_loss(latents, self.encode_text(list(batch["caption"])))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch + 1}); "
+                "lower the learning rate or check the data"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=latents.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = [{"params": lora_parameters(self.unet), "name": "unet"}]
+        if h.train_text_encoder:
+            group = {"params": [p for e in self.text_encoders for p in lora_parameters(e)], "name": "te"}
+            if h.text_encoder_lr is not None:
+                group["lr"] = h.text_encoder_lr
+            groups.append(group)
+        optimizer = self.optimizer_factory(groups)
+        total = int(self.trainer.estimated_stepping_batches)
+        schedule = _lr_lambda(h.lr_schedule, h.lr_warmup_steps, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Only what is trained: a few MB of LoRA, not gigabytes of frozen base weights.
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+
+    def lora_components(self) -> dict[str, nn.Module]:
+        """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
+        parts: dict[str, nn.Module] = {"unet": self.unet}
+        if self.hparams.train_text_encoder:
+            for i, encoder in enumerate(self.text_encoders):
+                parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = encoder
+        return parts
+
+    def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """LoRA weights per component in peft naming (``<module>.lora_A.weight`` ...)."""
+        return {name: lora_state_dict(model) for name, model in self.lora_components().items()}
+
+    # -------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        negative_prompt: str = "",
+        steps: int = 20,
+        guidance_scale: float = 5.0,
+        sampler: str = "euler",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Generate at 24k px and reduce to the art grid: (raw uint8 (N,3,24k,24k), art uint8 (N,3,24,24))."""
+        was_training = self.training
+        self.eval()
+        try:
+            pipe = build_pipeline(
+                self.family,
+                self.unet,
+                self.vae,
+                self.tokenizers,
+                list(self.text_encoders),
+                self.scheduler_config,
+                sampler,
+            )
+            raw = generate(
+                pipe,
+                self.encode_text,
+                prompts,
+                seeds,
+                self.image_size,
+                negative_prompt,
+                steps,
+                guidance_scale,
+            )
+        finally:
+            self.train(was_training)
+        return raw, reduce_blocks(raw, self.hparams.pixel_scale)

@@ -1,0 +1,87 @@
+"""The pixel grid: exact uint8 <-> float mapping, nearest upscaling onto the latent grid, block reduction.
+
+A 24x24 image is a 3x3 latent in SD's 8x VAE: 36 latent cells x 4 channels for 1,728 pixel values, too
+few to be pixel-perfect. Training on a nearest-upscaled grid (``pixel_scale`` k) gives each art pixel
+k x k image pixels; with k = 8 each art pixel fills exactly one latent cell (24 -> 192 px -> 24x24 latent).
+Everything here is plain torch on (B, C, H, W) tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def to_model_range(pixels: torch.Tensor) -> torch.Tensor:
+    """Map uint8 pixels to floats in [-1, 1], the VAE's input range.
+
+    The map ``x / 127.5 - 1`` is exactly invertible by :func:`to_uint8` (each of the 256 levels lands on a
+    distinct float32 and rounds back to itself), so colours survive the trip unchanged.
+
+    Args:
+        pixels: uint8 tensor (..., C, H, W).
+    """
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 pixels, got {pixels.dtype}")
+    return pixels.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Map floats in [-1, 1] back to uint8, rounding to the nearest level and clamping overshoot."""
+    return ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def upscale_nearest(images: torch.Tensor, k: int) -> torch.Tensor:
+    """Repeat every pixel k x k times (nearest neighbour, no interpolation): (B, C, H, W) -> (B, C, kH, kW)."""
+    if k < 1:
+        raise ValueError(f"pixel_scale must be >= 1, got {k}")
+    if k == 1:
+        return images
+    return images.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
+
+
+def reduce_blocks(images: torch.Tensor, k: int) -> torch.Tensor:
+    """Reduce each k x k block of a uint8 image to its most common colour: (B, C, kH, kW) -> (B, C, H, W).
+
+    The mode, not the mean: a generated block with a few stray pixels still resolves to the colour most of
+    it agreed on, and no new in-between colours are invented. Ties go to the colour seen first in raster
+    order within the block.
+
+    Args:
+        images: uint8 tensor (B, C, kH, kW) with C <= 4.
+        k: the block size (``pixel_scale``).
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {images.dtype}")
+    b, c, h, w = images.shape
+    if h % k or w % k:
+        raise ValueError(f"image size {h}x{w} is not a multiple of pixel_scale {k}")
+    if k == 1:
+        return images
+    # Pack each pixel's channels into one integer so colours compare as single values.
+    weights = torch.tensor([1 << (8 * i) for i in range(c)], dtype=torch.int64, device=images.device)
+    packed = (images.long() * weights.view(1, c, 1, 1)).sum(1)  # (B, kH, kW)
+    blocks = packed.view(b, h // k, k, w // k, k).permute(0, 1, 3, 2, 4).reshape(b, h // k, w // k, k * k)
+    # Count, for every pixel in a block, how many pixels of the block share its colour; take the first max.
+    counts = (blocks.unsqueeze(-1) == blocks.unsqueeze(-2)).sum(-1)  # (B, H, W, k*k)
+    winner = blocks.gather(-1, counts.argmax(-1, keepdim=True)).squeeze(-1)  # (B, H, W)
+    channels = [(winner >> (8 * i)) & 0xFF for i in range(c)]
+    return torch.stack(channels, dim=1).to(torch.uint8)
+
+
+def colour_count(image: torch.Tensor) -> int:
+    """Number of distinct colours in one uint8 image (C, H, W)."""
+    return int(torch.unique(image.reshape(image.shape[0], -1), dim=1).shape[1])
+
+
+def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile uint8 images (N, C, H, W) into one (C, H', W') grid with ``padding`` black pixels between."""
+    n, c, h, w = images.shape
+    columns = columns or min(n, 8)
+    rows = -(-n // columns)
+    grid = torch.zeros(
+        c, rows * (h + padding) + padding, columns * (w + padding) + padding, dtype=images.dtype
+    )
+    for i, image in enumerate(images):
+        top, left = padding + (i // columns) * (h + padding), padding + (i % columns) * (w + padding)
+        grid[:, top : top + h, left : left + w] = image
+    return grid
