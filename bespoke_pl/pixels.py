@@ -85,3 +85,20 @@ def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 
         top, left = padding + (i // columns) * (h + padding), padding + (i % columns) * (w + padding)
         grid[:, top : top + h, left : left + w] = image
     return grid
+
+
+def palette_of(images: torch.Tensor) -> torch.Tensor:
+    """The distinct colours (P, 3) uint8 of a set of uint8 images (N, 3, H, W), sorted for stable output."""
+    return torch.unique(images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]), dim=0)
+
+
+def palette_to_hex(palette: torch.Tensor) -> list[str]:
+    """(P, 3) uint8 colours -> ``["#rrggbb", ...]`` (the form stored in LoRA metadata)."""
+    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in palette.tolist()]
+
+
+def palette_from_hex(colours: list[str]) -> torch.Tensor:
+    """``["#rrggbb", ...]`` -> (P, 3) uint8."""
+    return torch.tensor(
+        [[int(c.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)] for c in colours], dtype=torch.uint8
+    )
