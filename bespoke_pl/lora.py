@@ -46,9 +46,18 @@ def unet_targets(unet: nn.Module, include_conv: bool = False) -> tuple[list[str]
     return linear, conv
 
 
-def text_encoder_targets(encoder: nn.Module) -> list[str]:
-    """Module names for text-encoder LoRA: q/k/v/out projections and fc1/fc2 of every CLIP layer."""
-    return [name for name, _ in _children_of(encoder, TEXT_ENCODER_BLOCKS)]
+def text_encoder_targets(encoder: nn.Module, num_layers: int | None = None) -> list[str]:
+    """Module names for text-encoder LoRA: q/k/v/out projections and fc1/fc2 of the CLIP layers.
+
+    Args:
+        encoder: A CLIP text model.
+        num_layers: Only the first N layers (those that feed the conditioning under clip skip);
+            unset: all. LoRA on a layer whose output is never used would only be dead weight.
+    """
+    names = [name for name, _ in _children_of(encoder, TEXT_ENCODER_BLOCKS)]
+    if num_layers is None:
+        return names
+    return [n for n in names if int(re.search(r"layers\.(\d+)\.", n).group(1)) < num_layers]
 
 
 def add_lora(

@@ -148,8 +148,12 @@ class PixelLoRAModule(L.LightningModule):
             self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha
         )
         if h.train_text_encoder:
-            for encoder in self.text_encoders:
-                add_lora(encoder, text_encoder_targets(encoder), h.rank, h.alpha, h.lora_dropout, h.use_dora)
+            for i, encoder in enumerate(self.text_encoders):
+                # Clip skip leaves encoder 1's last layers unused; SDXL's encoder 2 pools from its last layer.
+                pooled = self.family == "sdxl" and i == 1
+                used = None if pooled else encoder.config.num_hidden_layers - h.clip_skip + 1
+                targets = text_encoder_targets(encoder, used)
+                add_lora(encoder, targets, h.rank, h.alpha, h.lora_dropout, h.use_dora)
         # LoRA weights train in float32 even when the frozen weights they sit on are half precision.
         for parameter in self.trainable_parameters():
             parameter.data = parameter.data.float()
