@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -123,6 +124,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {"tiny": tiny_command}
 def main(args: list[str] | None = None) -> BespokeCLI | None:
     argv = list(sys.argv[1:] if args is None else args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The frozen base stays in eval mode on purpose (no dropout/norm updates); Lightning warns about it.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
         return None
