@@ -12,6 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
 from bespoke_pl.base import BaseModel, load_base
+from bespoke_pl.cache import LatentCache, TextCache
 from bespoke_pl.conditioning import PromptEmbeds, encode_prompts, sdxl_time_ids
 from bespoke_pl.diffusion import (
     add_noise,
@@ -25,6 +26,7 @@ from bespoke_pl.diffusion import (
 from bespoke_pl.lora import add_lora, lora_parameters, lora_state_dict, text_encoder_targets, unet_targets
 from bespoke_pl.pixels import reduce_blocks, to_model_range, upscale_nearest
 from bespoke_pl.sampling import build_pipeline, generate
+from bespoke_pl.speed import bring_frozen_back, build_caches, set_attention
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,16 @@ class PixelLoRAModule(L.LightningModule):
         lr_schedule: Learning-rate shape after warmup: constant, cosine (to 0) or linear (to 0).
         lr_warmup_steps: Optimizer steps of linear warmup from 0.
         gradient_checkpointing: Recompute UNet activations in backward to save memory.
+        attention: UNet attention kernel: ``sdpa`` (PyTorch's fused scaled-dot-product attention) or
+            ``classic`` (plain matmul-softmax; slower, for debugging).
+        compile_unet: ``torch.compile`` the UNet (opt-in: slow first steps, faster after on CUDA).
+        latent_sampling: ``mean`` encodes each image to its VAE posterior mean (cacheable); ``sample``
+            draws from the posterior at every step (disables the latent cache).
+        cache_latents: Encode each image once and train on the stored latents (when valid).
+        latent_cache_dir: Also keep the latents on disk here, keyed by image pixels, VAE and pixel_scale.
+        cache_text: Encode each caption once when the text encoders are frozen and captions fixed.
+        offload_frozen: After caching, move the VAE and frozen text encoders off the accelerator;
+            they come back only for sampling.
     """
 
     def __init__(
@@ -110,6 +122,13 @@ class PixelLoRAModule(L.LightningModule):
         lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
         lr_warmup_steps: int = 0,
         gradient_checkpointing: bool = False,
+        attention: Literal["sdpa", "classic"] = "sdpa",
+        compile_unet: bool = False,
+        latent_sampling: Literal["mean", "sample"] = "mean",
+        cache_latents: bool = True,
+        latent_cache_dir: str | None = None,
+        cache_text: bool = True,
+        offload_frozen: bool = True,
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -120,6 +139,8 @@ class PixelLoRAModule(L.LightningModule):
         self.strict_loading = False
         self.family: str | None = None
         self.tokenizers: list = []
+        self.latent_cache: LatentCache | None = None
+        self.text_cache: TextCache | None = None
 
     # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -159,6 +180,9 @@ class PixelLoRAModule(L.LightningModule):
             parameter.data = parameter.data.float()
         if h.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        set_attention(self.unet, h.attention)
+        if h.compile_unet:
+            self.unet.compile()  # in place: parameter names (and so checkpoints and LoRA files) stay the same
         self.train(self.training)
         log.info(
             "%s base %s: %d trainable LoRA parameters (%d modules)",
@@ -198,16 +222,18 @@ class PixelLoRAModule(L.LightningModule):
         The posterior mean, not a sample: the art is exact, and a deterministic latent is what a cache
         stores; the SD VAE's posterior variance is tiny anyway.
         """
-        images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(self.device)
-        with torch.autocast(self.device.type, enabled=False):
-            latents = self.vae.encode(images.float()).latent_dist.mean
-        return latents * self.vae.config.scaling_factor
+        vae_device = next(self.vae.parameters()).device
+        images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(vae_device)
+        with torch.autocast(vae_device.type, enabled=False):
+            posterior = self.vae.encode(images.float()).latent_dist
+            latents = posterior.sample() if self.hparams.latent_sampling == "sample" else posterior.mean
+        return latents.to(self.device) * self.vae.config.scaling_factor
 
     def encode_text(self, captions: list[str]) -> PromptEmbeds:
         """Captions -> UNet conditioning, with the training clip skip (used for sampling too)."""
         encoders = list(self.text_encoders)
         with torch.set_grad_enabled(self.hparams.train_text_encoder and torch.is_grad_enabled()):
-            return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip)
+            return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip).to(self.device)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
         dtype = self.unet.dtype
@@ -234,15 +260,26 @@ class PixelLoRAModule(L.LightningModule):
             weights = min_snr_weights(timesteps, self.alphas_cumprod, h.min_snr_gamma, self.prediction_type)
         return diffusion_loss(self.predict(noisy, timesteps, embeds), target, weights)
 
+    def on_fit_start(self) -> None:
+        build_caches(self, self.trainer.datamodule)
+
+    def batch_loss(self, batch: dict) -> torch.Tensor:
+        """The diffusion loss of a data batch, from the caches where they are on."""
+        index = batch["index"]
+        latents = self.latent_cache[index] if self.latent_cache else self.encode_images(batch["pixels"])
+        embeds = self.text_cache[index] if self.text_cache else self.encode_text(list(batch["caption"]))
+        return self.compute_loss(latents, embeds)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        latents = self.encode_images(batch["pixels"])
-        loss = self.compute_loss(latents, self.encode_text(list(batch["caption"])))
+        loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch + 1}); "
                 "lower the learning rate or check the data"
             )
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=latents.shape[0])
+        self.log(
+            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["index"])
+        )
         return loss
 
     def configure_optimizers(self):
@@ -291,6 +328,7 @@ class PixelLoRAModule(L.LightningModule):
         """Generate at 24k px and reduce to the art grid: (raw uint8 (N,3,24k,24k), art uint8 (N,3,24,24))."""
         was_training = self.training
         self.eval()
+        restore = bring_frozen_back(self)
         try:
             pipe = build_pipeline(
                 self.family,
@@ -312,5 +350,6 @@ class PixelLoRAModule(L.LightningModule):
                 guidance_scale,
             )
         finally:
+            restore()
             self.train(was_training)
         return raw, reduce_blocks(raw, self.hparams.pixel_scale)
