@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
-    """The run's directory (the logger's version folder, e.g. ``logs/bespoke/version_0``)."""
+    """The run's directory (the logger's version folder, e.g. ``logs/bespoke/version_0``).
+
+    ``Trainer.log_dir`` is a collective under DDP (rank zero broadcasts it): call this on every rank,
+    as the callbacks do in ``setup``, never inside a rank-zero-only branch.
+    """
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
@@ -54,8 +58,11 @@ class SaveLoRAEveryEpoch(L.Callback):
         self.every_n_epochs = every_n_epochs
         self.started = time.time()
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_dir = run_dir(trainer)
+
     def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
-        return run_dir(trainer) / f"{self.output_name}-{epoch:06d}.safetensors"
+        return self.run_dir / f"{self.output_name}-{epoch:06d}.safetensors"
 
     def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
         h = module.hparams
@@ -148,6 +155,9 @@ class SampleImages(L.Callback):
         captions = list(dict.fromkeys(pairs.captions)) if pairs is not None else []
         return captions[: self.num_prompts] or ["pixel art, 24x24, portrait of bespoke punk"]
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_dir = run_dir(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.sample_at_start and self.every_n_epochs and trainer.current_epoch == 0:
             self.sample(trainer, pl_module, epoch=0)
@@ -165,7 +175,7 @@ class SampleImages(L.Callback):
             raw, art = pl_module.sample(
                 prompts, seeds, self.negative_prompt, self.steps, self.guidance_scale, self.sampler
             )
-            folder = run_dir(trainer) / "samples" / f"epoch-{epoch:06d}"
+            folder = self.run_dir / "samples" / f"epoch-{epoch:06d}"
             folder.mkdir(parents=True, exist_ok=True)
             previews = upscale_nearest(art, self.preview_scale)
             for i, (seed, image, preview) in enumerate(zip(seeds, art, previews, strict=True)):

@@ -277,9 +277,10 @@ class PixelLoRAModule(L.LightningModule):
                 f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch + 1}); "
                 "lower the learning rate or check the data"
             )
-        self.log(
-            "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["index"])
-        )
+        size = len(batch["index"])
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        # The epoch mean is reduced across processes once per epoch, not at every step.
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
         return loss
 
     def configure_optimizers(self):

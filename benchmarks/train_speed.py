@@ -1,0 +1,182 @@
+"""Training speed and memory of bespoke_pl against a bare PyTorch loop, on the tiny offline models.
+
+    python benchmarks/train_speed.py                      # tiny SD1.5 + SDXL, pixel_scale 1 and 8
+    python benchmarks/train_speed.py --families sdxl --scales 8 --steps 60
+
+Each configuration runs in its own process (so peak memory is its own): the trainer (Lightning, the
+real module and data module, TensorBoard logging as in a real run) with and without the caches, and a
+bare loop (UNet forward + backward + AdamW on the same cached latents and embeddings, same batch size,
+no Lightning). steps/s excludes the first ``--warmup`` steps. Peak memory is the process's peak RSS on
+CPU and ``max_memory_allocated`` on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+def peak_memory_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_trainer(family: str, scale: int, cache: bool, batch: int, steps: int, warmup: int, data: str) -> dict:
+    import lightning as L
+
+    from bespoke_pl.cli import default_precision
+    from bespoke_pl.data import PixelArtDataModule
+    from bespoke_pl.module import PixelLoRAModule
+
+    stamps: list[float] = []
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            stamps.append(time.perf_counter())
+
+    module = PixelLoRAModule(
+        f"tiny:{family}", pixel_scale=scale, rank=4, alpha=4, cache_latents=cache, cache_text=cache,
+        clip_skip=2 if family == "sdxl" else 1,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = L.Trainer(
+            max_steps=warmup + steps, precision=default_precision("auto"), default_root_dir=logs,
+            logger=L.pytorch.loggers.TensorBoardLogger(logs), log_every_n_steps=1,
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            callbacks=[Clock()],
+        )  # fmt: skip
+        trainer.fit(module, PixelArtDataModule(data, batch_size=batch, num_repeats=20))
+    rate = steps / (stamps[-1] - stamps[warmup - 1])
+    return {"steps_s": rate, "images_s": rate * batch, "peak_mb": peak_memory_mb(module.device)}
+
+
+def run_bare(family: str, scale: int, batch: int, steps: int, warmup: int, data: str) -> dict:
+    """UNet forward + backward + AdamW on precomputed latents and embeddings: the floor of any trainer."""
+    import torch
+    import torch.nn.functional as F
+
+    from bespoke_pl.cache import LatentCache, TextCache
+    from bespoke_pl.conditioning import sdxl_time_ids
+    from bespoke_pl.data import load_pairs
+    from bespoke_pl.lora import lora_parameters
+    from bespoke_pl.module import PixelLoRAModule
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = PixelLoRAModule(
+        f"tiny:{family}", pixel_scale=scale, rank=4, alpha=4, clip_skip=2 if family == "sdxl" else 1
+    )
+    module.configure_model()
+    module.to(device)
+    pairs = load_pairs(data)
+    latents = LatentCache.build(pairs.images, module.encode_images).latents.to(device)
+    text = TextCache.build(pairs.captions, module.encode_text).embeds.to(device)
+    unet = module.unet
+    optimizer = torch.optim.AdamW(lora_parameters(unet), lr=1e-4)
+    alphas = module.alphas_cumprod.to(device)
+    time_ids = sdxl_time_ids(24 * scale, batch, device)
+    stamps = []
+    for _ in range(warmup + steps):
+        index = torch.randint(0, len(latents), (batch,), device=device)
+        x0 = latents[index]
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, len(alphas), (batch,), device=device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        added = None if text.pooled is None else {"text_embeds": text.pooled[index], "time_ids": time_ids}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = unet(noisy, t, encoder_hidden_states=text.sequence[index], added_cond_kwargs=added).sample
+        loss = F.mse_loss(pred.float(), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        stamps.append(time.perf_counter())
+    rate = steps / (stamps[-1] - stamps[warmup - 1])
+    return {"steps_s": rate, "images_s": rate * batch, "peak_mb": peak_memory_mb(device)}
+
+
+def one(spec: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    if spec["mode"] == "bare":
+        return run_bare(
+            spec["family"], spec["scale"], spec["batch"], spec["steps"], spec["warmup"], spec["data"]
+        )
+    return run_trainer(
+        spec["family"],
+        spec["scale"],
+        spec["mode"] == "cached",
+        spec["batch"],
+        spec["steps"],
+        spec["warmup"],
+        spec["data"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--families", nargs="+", default=["sd15", "sdxl"])
+    parser.add_argument("--scales", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(json.loads(args.one))))
+        return
+
+    from bespoke_pl.demo_data import demo_dataset_path
+
+    data = str(demo_dataset_path())
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    print(f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up steps, 48 demo images")
+    header = f"{'model':<6} {'k':>2} {'run':<16} {'steps/s':>8} {'images/s':>9} {'peak MB':>8} {'vs bare':>8}"
+    print(header)
+    print("-" * len(header))
+    for family in args.families:
+        for scale in args.scales:
+            results = {}
+            for mode in ("bare", "cached", "uncached"):
+                spec = {"family": family, "scale": scale, "mode": mode, "batch": args.batch, "steps": args.steps,
+                        "warmup": args.warmup, "data": data}  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", json.dumps(spec)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
+                if out.returncode:
+                    sys.exit(f"{family} k={scale} {mode} failed:\n{out.stderr[-3000:]}")
+                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            bare = results["bare"]["steps_s"]
+            names = {"bare": "bare loop", "cached": "trainer, caches", "uncached": "trainer, no cache"}
+            for mode, r in results.items():
+                ratio = r["steps_s"] / bare
+                print(
+                    f"{family:<6} {scale:>2} {names[mode]:<16} {r['steps_s']:>8.2f} {r['images_s']:>9.1f} "
+                    f"{r['peak_mb']:>8.0f} {ratio:>8.2f}"
+                )
+            cached, uncached = results["cached"]["steps_s"], results["uncached"]["steps_s"]
+            print(f"{'':<9} caches speed-up: {cached / uncached:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
