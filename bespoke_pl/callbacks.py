@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from pathlib import Path
 from typing import Literal
@@ -13,12 +14,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from bespoke_pl.lora_files import (
-    DIFFUSERS_METADATA_KEY,
-    atomic_save_safetensors,
-    diffusers_adapter_metadata,
-    diffusers_tensors,
-)
+from bespoke_pl.lora import lora_weights
+from bespoke_pl.lora_files import save_lora_file
+from bespoke_pl.lora_metadata import training_metadata
 from bespoke_pl.pixels import image_grid, upscale_nearest
 
 log = logging.getLogger(__name__)
@@ -45,6 +43,8 @@ class SaveLoRAEveryEpoch(L.Callback):
         output_name: File name stem of the LoRA files.
         save_dtype: Dtype of the saved weights (float16 halves the file; training stays float32).
         every_n_epochs: Save every N epochs (the last epoch is always saved).
+        format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load) or
+            ``diffusers`` (diffusers/PEFT naming for ``load_lora_weights``; the only one that holds DoRA).
     """
 
     def __init__(
@@ -52,11 +52,14 @@ class SaveLoRAEveryEpoch(L.Callback):
         output_name: str = "bespoke",
         save_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
         every_n_epochs: int = 1,
+        format: Literal["kohya", "diffusers"] = "kohya",
     ) -> None:
         self.output_name = output_name
         self.save_dtype = save_dtype
         self.every_n_epochs = every_n_epochs
+        self.format = format
         self.started = time.time()
+        self.session_id = random.randint(0, 2**31 - 1)  # kohya's ss_session_id: which run a file came from
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.run_dir = run_dir(trainer)
@@ -64,28 +67,15 @@ class SaveLoRAEveryEpoch(L.Callback):
     def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
         return self.run_dir / f"{self.output_name}-{epoch:06d}.safetensors"
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Refuse before training, not after the first epoch's compute.
+        if self.format == "kohya" and pl_module.hparams.get("use_dora"):
+            raise ValueError(
+                "kohya's LoRA format cannot hold DoRA (use_dora: true); set --save_lora.format diffusers"
+            )
+
     def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
-        h = module.hparams
-        keep = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_dora")
-        configs = {
-            name: {k: v for k, v in model.peft_config["default"].to_dict().items() if k in keep}
-            for name, model in module.lora_components().items()
-        }
-        return {
-            "format": "pt",
-            DIFFUSERS_METADATA_KEY: diffusers_adapter_metadata(configs),
-            "ss_output_name": self.output_name,
-            "ss_base_model_version": "sdxl_base_v1-0" if module.family == "sdxl" else "sd_v1",
-            "ss_network_dim": str(h.rank),
-            "ss_network_alpha": str(h.alpha),
-            "ss_clip_skip": str(h.clip_skip),
-            "ss_epoch": str(epoch),
-            "ss_steps": str(trainer.global_step),
-            "ss_training_started_at": str(self.started),
-            "bespoke_pl.pixel_scale": str(h.pixel_scale),
-            "bespoke_pl.resolution": str(h.resolution),
-            "bespoke_pl.hparams": json.dumps(dict(h), default=str),
-        }
+        return training_metadata(trainer, module, self.output_name, epoch, self.started, self.session_id)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1
@@ -94,8 +84,16 @@ class SaveLoRAEveryEpoch(L.Callback):
             return
         if trainer.is_global_zero:
             path = self.path_for(trainer, epoch)
-            tensors = diffusers_tensors(pl_module.lora_state_dicts(), getattr(torch, self.save_dtype))
-            atomic_save_safetensors(tensors, path, self.metadata(trainer, pl_module, epoch))
+            parts = {name: lora_weights(model) for name, model in pl_module.lora_components().items()}
+            save_lora_file(
+                path,
+                parts,
+                pl_module.family,
+                pl_module.unet.config,
+                self.metadata(trainer, pl_module, epoch),
+                self.format,
+                getattr(torch, self.save_dtype),
+            )
             log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
         trainer.strategy.barrier("save_lora")
 

@@ -118,7 +118,17 @@ def tiny_command(argv: list[str]) -> None:
     CLI(tiny, args=argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"tiny": tiny_command}
+def generate_command(argv: list[str]) -> None:
+    """Generate 24x24 images with a LoRA file (``python -m bespoke_pl generate --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.generate import generate_images
+
+    written = CLI(generate_images, args=argv, as_positional=False)
+    print(f"wrote {len(written) - 1} images and the preview sheet {written[-1]}")
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"tiny": tiny_command, "generate": generate_command}
 
 
 def main(args: list[str] | None = None) -> BespokeCLI | None:

@@ -3,14 +3,22 @@
 Targets follow kohya sd-scripts (``networks/lora.py``) so a file trained here matches what users expect:
 
 * UNet: every ``nn.Linear`` and 1x1 ``nn.Conv2d`` inside a ``Transformer2DModel`` (attention q/k/v/out,
-  feed-forward, ``proj_in``/``proj_out``); with ``conv_rank``, also the 3x3 convolutions (and 1x1
-  shortcuts) of the ResNet blocks and the down/up-samplers (kohya's ``conv_dim``).
+  feed-forward, ``proj_in``/``proj_out``); with ``conv_rank`` (kohya's ``conv_dim``), also every layer of the
+  ResNet blocks and the down/up-samplers: the 3x3 convolutions at ``conv_rank``, and the ResNets'
+  ``time_emb_proj`` (Linear) and 1x1 ``conv_shortcut`` at the main rank, as kohya does.
 * Text encoders: the Linear layers of each CLIP layer's attention and MLP.
+
+On the real architectures this gives kohya's counts (measured with sd-scripts' own ``networks/lora.py``, each
+network built in a fresh process): SD 1.5 UNet 192 modules, 278 with ``conv_rank``; SDXL UNet 722, 788 with
+``conv_rank``. (sd-scripts extends its target list in place, so an SDXL network built after a ``conv_dim`` one
+in the same process picks up the ResNet Linear/1x1 layers too and counts 750; ``train_network.py`` never does.)
 """
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -36,13 +44,20 @@ def _is_1x1(module: nn.Module) -> bool:
 
 
 def unet_targets(unet: nn.Module, include_conv: bool = False) -> tuple[list[str], list[str]]:
-    """Module names for UNet LoRA: (Linear/1x1 targets in transformer blocks, 3x3 conv targets)."""
+    """Module names for UNet LoRA: (targets at the main rank, 3x3 conv targets at ``conv_rank``).
+
+    Args:
+        unet: A diffusers ``UNet2DConditionModel``.
+        include_conv: Also target the ResNet blocks and samplers (kohya's ``conv_dim``): their Linear and 1x1
+            layers join the main-rank list, their larger kernels form the second list.
+    """
     linear = [name for name, m in _children_of(unet, UNET_ATTENTION_BLOCKS) if _is_1x1(m)]
     conv: list[str] = []
     if include_conv:
         for name, module in _children_of(unet, UNET_CONV_BLOCKS):
-            if isinstance(module, nn.Conv2d) and name not in linear:
-                conv.append(name)
+            if name in linear:
+                continue
+            (linear if _is_1x1(module) else conv).append(name)
     return linear, conv
 
 
@@ -119,3 +134,47 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
 
 def count_parameters(parameters: list[nn.Parameter]) -> int:
     return sum(p.numel() for p in parameters)
+
+
+@dataclass
+class LoRAWeights:
+    """One layer's LoRA, in the layout kohya and peft share.
+
+    ``down`` is (r, in) for a Linear and (r, in, kh, kw) for a convolution; ``up`` is (out, r) or
+    (out, r, 1, 1). The update to the layer's weight is ``alpha / r * up @ down``. ``magnitude`` (out,) is
+    DoRA's per-output-row norm of the adapted weight; None for plain LoRA.
+    """
+
+    down: torch.Tensor
+    up: torch.Tensor
+    alpha: float
+    magnitude: torch.Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def delta(self, scale: float = 1.0) -> torch.Tensor:
+        """``scale * alpha / r * up @ down`` in float32, shaped (out, in * kh * kw)."""
+        product = self.up.float().flatten(1) @ self.down.float().flatten(1)
+        return product * (scale * self.alpha / self.rank)
+
+
+def lora_weights(model: nn.Module, adapter: str = "default") -> dict[str, LoRAWeights]:
+    """The LoRA of every adapted layer of a peft-injected model, by the layer's module path, detached."""
+    from peft.tuners.lora import LoraLayer
+
+    found: dict[str, LoRAWeights] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        rank, alpha = module.r[adapter], float(module.lora_alpha[adapter])
+        if not math.isclose(module.scaling[adapter], alpha / rank, rel_tol=1e-6):
+            raise ValueError(f"{name}: LoRA scale is not alpha / rank (rsLoRA?); no file format stores that")
+        magnitude = None
+        if module.use_dora.get(adapter, False):
+            magnitude = module.lora_magnitude_vector[adapter].weight.detach().reshape(-1)
+        found[name] = LoRAWeights(
+            module.lora_A[adapter].weight.detach(), module.lora_B[adapter].weight.detach(), alpha, magnitude
+        )
+    return found

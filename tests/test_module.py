@@ -79,7 +79,9 @@ def test_checkpoint_is_small_and_resume_continues_at_the_next_epoch(tmp_path, ti
     def run(max_epochs, ckpt_path=None):
         module = PixelLoRAModule(str(tiny_sd15), rank=4, alpha=4)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-        trainer = make_trainer(tmp_path, [SaveLoRAEveryEpoch("punk"), checkpoint], max_epochs=max_epochs)
+        trainer = make_trainer(
+            tmp_path, [SaveLoRAEveryEpoch("punk", format="diffusers"), checkpoint], max_epochs=max_epochs
+        )
         trainer.fit(module, PixelArtDataModule(str(demo_data), batch_size=8), ckpt_path=ckpt_path)
         return trainer, module
 
