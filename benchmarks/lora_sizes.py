@@ -2,8 +2,8 @@
 
     python -m benchmarks.lora_sizes            # from the repository root; no weights, no network
 
-The UNets and text encoders are built on the meta device from their published configs (shared with
-tests/test_kohya.py), default LoRA targets are added, and the file is serialized for real: float16 matrices
+The UNets and text encoders are built on the meta device from their published configs (``bespoke_pl.architectures``,
+shared with tests/test_kohya.py), default LoRA targets are added, and the file is serialized for real: float16 matrices
 of the right shapes (zeros), float32 alphas, kohya names, so the byte counts include the safetensors header.
 "UNet+TE" uses the text-encoder layers bespoke_pl trains at the family's usual clip skip (SDXL 2: encoder 1's
 last layer is unused and skipped); "all TE layers" is kohya's selection.
@@ -12,13 +12,11 @@ last layer is unused and skipped); "all TE layers" is kohya's selection.
 from __future__ import annotations
 
 import torch
-from diffusers import UNet2DConditionModel
 from safetensors.torch import save
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from bespoke_pl.architectures import real_text_encoders, real_unet
 from bespoke_pl.lora import add_lora, lora_weights, text_encoder_targets, unet_targets
 from bespoke_pl.lora_files import kohya_tensors
-from tests.test_kohya import CLIP_G, CLIP_L, SD15_UNET, SDXL_UNET
 
 CLIP_SKIP = {"sd15": 1, "sdxl": 2}
 
@@ -26,12 +24,8 @@ CLIP_SKIP = {"sd15": 1, "sdxl": 2}
 def build(family: str, rank: int, trained_layers: bool) -> dict:
     """LoRA weights (zeros, float16) per component of the real architecture at ``rank``."""
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**(SDXL_UNET if family == "sdxl" else SD15_UNET))
-        encoders = {"text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L))}
-        if family == "sdxl":
-            encoders["text_encoder_2"] = CLIPTextModelWithProjection(
-                CLIPTextConfig(**CLIP_G, projection_dim=1280)
-            )
+        unet = real_unet(family)
+        encoders = real_text_encoders(family)
         add_lora(unet, unet_targets(unet)[0], rank, rank)
         for i, encoder in enumerate(encoders.values()):
             used = None

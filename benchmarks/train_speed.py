@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                      # tiny SD1.5 + SDXL, pixel_scale 1 and 8
     python benchmarks/train_speed.py --families sdxl --scales 8 --steps 60
+    python benchmarks/train_speed.py --real --scales 8 --batches 1 4 8 16   # on a GPU
 
 Each configuration runs in its own process (so peak memory is its own): the trainer (Lightning, the
 real module and data module, TensorBoard logging as in a real run) with and without the caches, and a
@@ -34,12 +35,30 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_trainer(family: str, scale: int, cache: bool, batch: int, steps: int, warmup: int, data: str) -> dict:
+def make_module(family: str, scale: int, real: bool, **kwargs):
+    """The real module on the tiny model, or on the real architecture with random weights (``real``)."""
+    from bespoke_pl.module import PixelLoRAModule
+
+    clip_skip = 2 if family == "sdxl" else 1
+    rank = 16 if real else 4
+    module = PixelLoRAModule(
+        f"tiny:{family}", pixel_scale=scale, rank=rank, alpha=rank, clip_skip=clip_skip, **kwargs
+    )
+    if real:
+        from bespoke_pl.architectures import real_base
+        from bespoke_pl.base import load_base
+
+        module.attach_base(real_base(family, load_base(f"tiny:{family}").tokenizers))
+    return module
+
+
+def run_trainer(
+    family: str, scale: int, cache: bool, batch: int, steps: int, warmup: int, data: str, real: bool = False
+) -> dict:
     import lightning as L
 
     from bespoke_pl.cli import default_precision
     from bespoke_pl.data import PixelArtDataModule
-    from bespoke_pl.module import PixelLoRAModule
 
     stamps: list[float] = []
 
@@ -47,10 +66,7 @@ def run_trainer(family: str, scale: int, cache: bool, batch: int, steps: int, wa
         def on_train_batch_end(self, *args) -> None:
             stamps.append(time.perf_counter())
 
-    module = PixelLoRAModule(
-        f"tiny:{family}", pixel_scale=scale, rank=4, alpha=4, cache_latents=cache, cache_text=cache,
-        clip_skip=2 if family == "sdxl" else 1,
-    )  # fmt: skip
+    module = make_module(family, scale, real, cache_latents=cache, cache_text=cache)
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
             max_steps=warmup + steps, precision=default_precision("auto"), default_root_dir=logs,
@@ -63,7 +79,9 @@ def run_trainer(family: str, scale: int, cache: bool, batch: int, steps: int, wa
     return {"steps_s": rate, "images_s": rate * batch, "peak_mb": peak_memory_mb(module.device)}
 
 
-def run_bare(family: str, scale: int, batch: int, steps: int, warmup: int, data: str) -> dict:
+def run_bare(
+    family: str, scale: int, batch: int, steps: int, warmup: int, data: str, real: bool = False
+) -> dict:
     """UNet forward + backward + AdamW on precomputed latents and embeddings: the floor of any trainer."""
     import torch
     import torch.nn.functional as F
@@ -72,14 +90,17 @@ def run_bare(family: str, scale: int, batch: int, steps: int, warmup: int, data:
     from bespoke_pl.conditioning import sdxl_time_ids
     from bespoke_pl.data import load_pairs
     from bespoke_pl.lora import lora_parameters
-    from bespoke_pl.module import PixelLoRAModule
+    from bespoke_pl.module import weight_dtype_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = PixelLoRAModule(
-        f"tiny:{family}", pixel_scale=scale, rank=4, alpha=4, clip_skip=2 if family == "sdxl" else 1
-    )
-    module.configure_model()
+    module = make_module(family, scale, real)
+    if not real:
+        module.configure_model()
     module.to(device)
+    # The trainer's dtypes: the frozen UNet in half precision on CUDA, LoRA weights in float32.
+    module.unet.to(weight_dtype_for(device, "auto"))
+    for parameter in lora_parameters(module.unet):
+        parameter.data = parameter.data.float()
     pairs = load_pairs(data)
     latents = LatentCache.build(pairs.images, module.encode_images).latents.to(device)
     text = TextCache.build(pairs.captions, module.encode_text).embeds.to(device)
@@ -113,19 +134,11 @@ def one(spec: dict) -> dict:
     import torch
 
     torch.manual_seed(0)
+    args = (spec["family"], spec["scale"])
+    rest = (spec["batch"], spec["steps"], spec["warmup"], spec["data"], spec.get("real", False))
     if spec["mode"] == "bare":
-        return run_bare(
-            spec["family"], spec["scale"], spec["batch"], spec["steps"], spec["warmup"], spec["data"]
-        )
-    return run_trainer(
-        spec["family"],
-        spec["scale"],
-        spec["mode"] == "cached",
-        spec["batch"],
-        spec["steps"],
-        spec["warmup"],
-        spec["data"],
-    )
+        return run_bare(*args, *rest)
+    return run_trainer(*args, spec["mode"] == "cached", *rest)
 
 
 def main() -> None:
@@ -137,6 +150,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="real-size SD1.5/SDXL architectures with random weights (a GPU), batch sizes --batches",
+    )
+    parser.add_argument(
+        "--batches", nargs="+", type=int, default=[1, 4, 8, 16], help="batch sizes with --real"
+    )
+    parser.add_argument("--modes", nargs="+", default=["bare", "cached", "uncached"])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -147,35 +169,39 @@ def main() -> None:
 
     data = str(demo_dataset_path())
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    print(f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up steps, 48 demo images")
-    header = f"{'model':<6} {'k':>2} {'run':<16} {'steps/s':>8} {'images/s':>9} {'peak MB':>8} {'vs bare':>8}"
+    batches = args.batches if args.real else [args.batch]
+    kind = "real-size architectures, random weights" if args.real else "tiny models"
+    print(f"{kind}; {args.steps} timed steps after {args.warmup} warm-up steps; epoch = 203 images")
+    header = (
+        f"{'model':<6} {'k':>2} {'batch':>5} {'run':<17} {'steps/s':>8} {'images/s':>9} {'s/epoch':>8} "
+        f"{'peak MB':>8} {'vs bare':>8}"
+    )
     print(header)
     print("-" * len(header))
+    names = {"bare": "bare loop", "cached": "trainer, caches", "uncached": "trainer, no cache"}
     for family in args.families:
         for scale in args.scales:
-            results = {}
-            for mode in ("bare", "cached", "uncached"):
-                spec = {"family": family, "scale": scale, "mode": mode, "batch": args.batch, "steps": args.steps,
-                        "warmup": args.warmup, "data": data}  # fmt: skip
-                out = subprocess.run(
-                    [sys.executable, __file__, "--one", json.dumps(spec)],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                )
-                if out.returncode:
-                    sys.exit(f"{family} k={scale} {mode} failed:\n{out.stderr[-3000:]}")
-                results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-            bare = results["bare"]["steps_s"]
-            names = {"bare": "bare loop", "cached": "trainer, caches", "uncached": "trainer, no cache"}
-            for mode, r in results.items():
-                ratio = r["steps_s"] / bare
-                print(
-                    f"{family:<6} {scale:>2} {names[mode]:<16} {r['steps_s']:>8.2f} {r['images_s']:>9.1f} "
-                    f"{r['peak_mb']:>8.0f} {ratio:>8.2f}"
-                )
-            cached, uncached = results["cached"]["steps_s"], results["uncached"]["steps_s"]
-            print(f"{'':<9} caches speed-up: {cached / uncached:.2f}x")
+            for batch in batches:
+                results = {}
+                for mode in args.modes:
+                    spec = {"family": family, "scale": scale, "mode": mode, "batch": batch, "steps": args.steps,
+                            "warmup": args.warmup, "data": data, "real": args.real}  # fmt: skip
+                    command = [sys.executable, __file__, "--one", json.dumps(spec)]
+                    out = subprocess.run(command, env=env, capture_output=True, text=True)
+                    if out.returncode:
+                        sys.exit(f"{family} k={scale} batch {batch} {mode} failed:\n{out.stderr[-3000:]}")
+                    results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+                bare = results.get("bare", {}).get("steps_s")
+                for mode, r in results.items():
+                    ratio = f"{r['steps_s'] / bare:8.2f}" if bare else f"{'-':>8}"
+                    epoch = -(-203 // batch) / r["steps_s"]
+                    print(
+                        f"{family:<6} {scale:>2} {batch:>5} {names[mode]:<17} {r['steps_s']:>8.2f} "
+                        f"{r['images_s']:>9.1f} {epoch:>8.1f} {r['peak_mb']:>8.0f} {ratio}"
+                    )
+                if "cached" in results and "uncached" in results:
+                    speedup = results["cached"]["steps_s"] / results["uncached"]["steps_s"]
+                    print(f"{'':<15} caches speed-up: {speedup:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,44 +8,11 @@ process): SD 1.5 UNet 192 modules, 278 with conv_dim; SDXL 722, 788 with conv_di
 
 import pytest
 import torch
-from diffusers import UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from bespoke_pl.architectures import SDXL_UNET, real_text_encoders, real_unet
 from bespoke_pl.kohya import kohya_name, sgm_block_paths, sgm_module_path, text_encoder_name
 from bespoke_pl.lora import add_lora, lora_weights, text_encoder_targets, unet_targets
 from bespoke_pl.lora_files import kohya_tensors
-
-SD15_UNET = {
-    "attention_head_dim": 8,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "cross_attention_dim": 768,
-    "down_block_types": [
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    "layers_per_block": 2,
-    "sample_size": 64,
-}
-SDXL_UNET = {
-    "addition_embed_type": "text_time",
-    "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256,
-    "attention_head_dim": [5, 10, 20],
-    "block_out_channels": [320, 640, 1280],
-    "cross_attention_dim": 2048,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "layers_per_block": 2,
-    "projection_class_embeddings_input_dim": 2816,
-    "sample_size": 128,
-    "transformer_layers_per_block": [1, 2, 10],
-    "use_linear_projection": True,
-}
-CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
-CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20}
 
 # kohya name -> (lora_down shape, lora_up shape) at rank 16 / conv rank 8
 KNOWN = {
@@ -144,12 +111,8 @@ def test_text_encoder_names_keep_kohyas_text_model_root():
 def test_real_architectures_get_kohyas_names_and_counts(family):
     unet_count, unet_conv_count, te_count = COUNTS[family]
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**(SDXL_UNET if family == "sdxl" else SD15_UNET))
-        encoders = {"text_encoder": CLIPTextModel(CLIPTextConfig(**CLIP_L))}
-        if family == "sdxl":
-            encoders["text_encoder_2"] = CLIPTextModelWithProjection(
-                CLIPTextConfig(**CLIP_G, projection_dim=1280)
-            )
+        unet = real_unet(family)
+        encoders = real_text_encoders(family)
         assert len(unet_targets(unet)[0]) == unet_count and not unet_targets(unet)[1]
         linear, conv = unet_targets(unet, include_conv=True)
         add_lora(unet, linear, 16, 8, conv_targets=conv, conv_rank=8, conv_alpha=4)
