@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from bespoke_pl.callbacks import SampleImages, SaveLoRAEveryEpoch
 from bespoke_pl.data import PixelArtDataModule
 from bespoke_pl.module import PixelLoRAModule
+from bespoke_pl.roundtrip import RoundTripCheck
 
 log = logging.getLogger("bespoke_pl")
 
@@ -57,6 +58,7 @@ class BespokeCLI(LightningCLI):
         parser.add_lightning_class_args(SampleImages, "sample")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(RoundTripCheck, "roundtrip")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -117,7 +119,29 @@ def tiny_command(argv: list[str]) -> None:
     CLI(tiny, args=argv)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"tiny": tiny_command}
+def evaluate_command(argv: list[str]) -> None:
+    """Measure generated images against the training folder (``python -m bespoke_pl evaluate --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.evaluate import evaluate
+
+    print(CLI(evaluate, args=argv, as_positional=False))
+
+
+def roundtrip_command(argv: list[str]) -> None:
+    """VAE round trip of the training set at several pixel scales (``python -m bespoke_pl roundtrip --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.roundtrip import roundtrip
+
+    print("\n".join(result.line() for result in CLI(roundtrip, args=argv, as_positional=False)))
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "tiny": tiny_command,
+    "evaluate": evaluate_command,
+    "roundtrip": roundtrip_command,
+}
 
 
 def main(args: list[str] | None = None) -> BespokeCLI | None:
