@@ -228,10 +228,14 @@ class SampleImages(L.Callback):
                 len(art),
                 folder,
                 time.perf_counter() - started,
-                "".join(f"\n  {name} = {value:.4g}" for name, value in values.items()),
+                quality_lines(values),
             )
         values = trainer.strategy.broadcast(values, src=0)
-        if values:
+        if values and epoch == 0:
+            # Before training Lightning would fold these into epoch 1's values; write them as they are.
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+        elif values:
             # Every rank logs the same numbers, so a ModelCheckpoint may monitor e.g. quality/art/torso_share.
             pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
         trainer.strategy.barrier("sample_images")
@@ -264,3 +268,13 @@ class SampleImages(L.Callback):
     @staticmethod
     def _tensorboards(trainer: L.Trainer):
         return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def quality_lines(values: dict[str, float]) -> str:
+    """``quality/raw/x`` ... as one indented log line per stage: ``raw: colours=576 grid_fidelity=0.1 ...``."""
+    lines = []
+    for stage in ("raw", "art"):
+        pairs = [f"{name.rsplit('/', 1)[-1]}={v:.3g}" for name, v in values.items() if f"/{stage}/" in name]
+        if pairs:
+            lines.append(f"\n  {stage}: " + " ".join(pairs))
+    return "".join(lines)

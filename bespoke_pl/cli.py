@@ -128,13 +128,27 @@ def evaluate_command(argv: list[str]) -> None:
     print(CLI(evaluate, args=argv, as_positional=False))
 
 
+def join_list_values(argv: list[str], flag: str) -> list[str]:
+    """Let ``--scales 1 8 16`` mean ``--scales [1,8,16]`` (jsonargparse takes one value per flag)."""
+    if flag not in argv:
+        return argv
+    start = argv.index(flag) + 1
+    end = start
+    while end < len(argv) and not argv[end].startswith("--"):
+        end += 1
+    if end - start <= 1:
+        return argv
+    return argv[:start] + [f"[{','.join(argv[start:end])}]"] + argv[end:]
+
+
 def roundtrip_command(argv: list[str]) -> None:
     """VAE round trip of the training set at several pixel scales (``python -m bespoke_pl roundtrip --help``)."""
     from jsonargparse import CLI
 
     from bespoke_pl.roundtrip import roundtrip
 
-    print("\n".join(result.line() for result in CLI(roundtrip, args=argv, as_positional=False)))
+    results = CLI(roundtrip, args=join_list_values(argv, "--scales"), as_positional=False)
+    print("\n".join(result.line() for result in results))
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from bespoke_pl.data import DatasetError, PixelArtDataModule
+from bespoke_pl.demo_data import resolve_demo
 from bespoke_pl.metrics import PixelArtQuality
 from bespoke_pl.palette import nearest_in_palette
 from bespoke_pl.palette import palette_lock as lock_colours
@@ -170,7 +171,8 @@ def evaluate(
     """Measure a folder of generated images against the training folder; print a table, write JSON.
 
     Args:
-        generated: Folder of generated images (24x24, or 24k x 24k decoded images; no captions needed).
+        generated: Folder of generated images (24x24, or 24k x 24k decoded images; no captions needed),
+            or ``demo:punks``.
         data_root: The training folder (or ``demo:punks``); the reference.
         out: JSON report path (an earlier report there is replaced, any other file is refused); null: none.
         pattern: Which files of ``generated`` to measure (a glob, e.g. ``'*-raw.png'``).
@@ -186,7 +188,9 @@ def evaluate(
     """
     data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
     pairs = data.load()
-    paths, images = read_generated(Path(generated).expanduser(), pattern, resolution)
+    paths, images = read_generated(
+        Path(resolve_demo(generated) or generated).expanduser(), pattern, resolution
+    )
     if palette_lock:
         palette = palette_of(pairs.images)
         images = [lock_colours(image[None], palette)[0] for image in images]

@@ -1,7 +1,7 @@
 """Pixel-art quality as torchmetrics ``Metric``s: they accumulate over batches and sum across processes.
 
-Metrics of the art take uint8 24x24 images (B, 3, 24, 24); grid fidelity and palette adherence take the
-images as generated (B, 3, 24k, 24k). The training images (N, 3, 24, 24) are the reference: their palette,
+Metrics of the art take uint8 24x24 images (B, 3, 24, 24); grid fidelity takes the images as generated
+(B, 3, 24k, 24k) and judges how blocky they already are. The training images (N, 3, 24, 24) are the reference: their palette,
 silhouettes and the images themselves. :class:`PixelArtQuality` bundles them: its ``update`` takes the
 generated images, reduces them to the grid once and hands each metric what it judges; ``compute()`` is
 one flat dict.
@@ -74,8 +74,9 @@ class ColourCount(_Sums):
 class PaletteAdherence(_Sums):
     """Share of pixels within ``tolerance`` (OKLab) of a palette colour, and the mean distance to it.
 
-    Measured on the pixels as given: on raw decoded images it says how close the model already is to the
-    training colours; after palette lock it is 1.0 and 0.
+    Works on any image; :class:`PixelArtQuality` gives it the art grid (the snapped images), so it judges
+    the colour the model chose for each art pixel, and grid fidelity judges the blur and noise around it.
+    After palette lock it is 1.0 and 0.
 
     Args:
         palette: uint8 (P, 3) reference colours (the training palette).
@@ -83,7 +84,6 @@ class PaletteAdherence(_Sums):
     """
 
     sums = ("within", "distance", "pixels")
-    on_raw = True
 
     def __init__(self, palette: torch.Tensor, tolerance: float = TOLERANCE, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -273,25 +273,26 @@ class PixelKID(KernelInceptionDistance):
 
     def compute(self) -> dict[str, torch.Tensor]:
         real, fake = sum(len(f) for f in self.real_features), sum(len(f) for f in self.fake_features)
-        requested = self.subset_size
+        requested, generator_state = self.subset_size, torch.random.get_rng_state()
         self.subset_size = min(requested, real, fake)
         try:
             if self.subset_size < 2:
                 return {"kid": torch.tensor(float("nan"))}
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(0)  # the same subsets every time, so epochs compare
+            torch.manual_seed(
+                0
+            )  # the same subsets every time, so epochs compare (and training's RNG is kept)
             mean, _ = super().compute()
-            torch.random.set_rng_state(generator_state)
             return {"kid": mean.float()}
         finally:
             self.subset_size = requested
+            torch.random.set_rng_state(generator_state)
 
 
 class PixelArtQuality(MetricCollection):
     """All pixel-art metrics of images generated at ``pixel_scale`` k, as one collection.
 
     ``update(images, exclude=None)`` takes the images as generated (B, 3, 24k, 24k), reduces them to the
-    24x24 grid once, and gives grid fidelity and palette adherence the generated pixels, the others the art.
+    24x24 grid once, and gives grid fidelity the generated pixels, all other metrics the art.
     ``compute()`` is one flat dict (keys prefixed with ``prefix``). Grid fidelity is only included for
     k > 1 (a 24x24 image is trivially on its grid).
 

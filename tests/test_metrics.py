@@ -70,6 +70,7 @@ def test_grid_fidelity_perfect_blurred_noisy_and_shifted(punks):
         metric.update(raw)
         return values(metric)["grid_fidelity"]
 
+    punks = punks[:6]
     big = upscale_nearest(punks, 8)
     assert fidelity(big) == 1.0
     blurred = fidelity(blur(big, 1.2).round().to(torch.uint8))

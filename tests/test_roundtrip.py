@@ -48,7 +48,7 @@ def test_round_trip_counts_lost_pixels(demo_data):
 
 def test_roundtrip_command_on_the_tiny_model(tiny_sd15, demo_data, capsys):
     main(["roundtrip", "--base_model", str(tiny_sd15), "--data_root", str(demo_data),
-          "--scales", "[1, 8]", "--max_images", "2"])  # fmt: skip
+          "--scales", "1", "8", "--max_images", "2"])  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["k=1", "k=8"]
     assert all("2 images" in line and "% pixels exact" in line for line in lines)

@@ -19,7 +19,7 @@ def test_two_epoch_fit_logs_quality_and_writes_the_contact_sheet(tmp_path, monke
          "--data.root", str(demo_data), "--data.batch_size", "2",
          "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1", "--trainer.accelerator", "cpu",
          "--trainer.enable_progress_bar", "false",
-         "--sample.num_prompts", "2", "--sample.steps", "2", "--sample.kid", "true",
+         "--sample.num_prompts", "2", "--sample.steps", "2", "--sample.kid", "true", "--sample.sample_at_start", "true",
          "--roundtrip.max_images", "2"]
     )  # fmt: skip
     run = tmp_path / "logs" / "bespoke" / "version_0"
@@ -45,13 +45,17 @@ def test_two_epoch_fit_logs_quality_and_writes_the_contact_sheet(tmp_path, monke
     raw, last_art = sampler.last_samples
     assert last_art.shape == (2, 3, 24, 24) and raw.shape == (2, 3, 192, 192)
 
-    # one contact sheet row per sampled epoch, two prompts per row, 8x cells with a label column
+    # one contact sheet row per sampled epoch (0, 1, 2), two prompts per row, 8x cells and a label column
     sheet = Image.open(run / "contact_sheet.png")
-    assert sheet.size == (64 + 2 + 2 * (192 + 2), 2 + 2 * (192 + 2))
+    assert sheet.size == (64 + 2 + 2 * (192 + 2), 2 + 3 * (192 + 2))
 
     events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0}).Reload()
     scalars = events.Tags()["scalars"]
-    assert len(events.Scalars("quality/art/silhouette_iou")) == 2  # one value per epoch
+    assert [e.step for e in events.Scalars("quality/art/silhouette_iou")] == [
+        0,
+        0,
+        1,
+    ]  # before training, epochs 1, 2
     assert {"roundtrip/pixels_exact", "roundtrip/images_exact"} <= set(scalars)
     assert "samples/contact_sheet" in events.Tags()["images"]
 
