@@ -9,13 +9,10 @@ one flat dict.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from torch import nn
 from torchmetrics import Metric, MetricCollection
-from torchmetrics.image.kid import KernelInceptionDistance
 
+from bespoke_pl.kid import PixelKID
 from bespoke_pl.palette import nearest_in_palette
 from bespoke_pl.pixels import palette_of, reduce_blocks
 from bespoke_pl.quality import (
@@ -26,7 +23,6 @@ from bespoke_pl.quality import (
     foreground_masks,
     grid_agreement,
     identical,
-    pixel_features,
     silhouette_ious,
 )
 
@@ -227,67 +223,6 @@ class Memorisation(_Sums):
         }
 
 
-class PixelFeatures(nn.Module):
-    """The download-free KID features: :func:`bespoke_pl.quality.pixel_features`, standardised per
-    dimension with the training set's mean and spread (so the polynomial kernel sees unit-scale values,
-    as with Inception features).
-
-    Args:
-        train_images: uint8 (N, 3, H, W) training art, for the standardisation.
-    """
-
-    def __init__(self, train_images: torch.Tensor) -> None:
-        super().__init__()
-        features = pixel_features(train_images).double()
-        self.register_buffer("mean", features.mean(0))
-        spread = features.std(0) if len(features) > 1 else torch.ones_like(features[0])
-        self.register_buffer("std", spread.clamp_min(1e-3))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return (pixel_features(images).double() - self.mean) / self.std
-
-
-class PixelKID(KernelInceptionDistance):
-    """Kernel distance between generated and training images on :class:`PixelFeatures` (no download).
-
-    The training features are computed once and kept across resets. Small sets give noisy values; the
-    subset size shrinks to the smaller set, and fewer than 2 generated images give NaN.
-
-    Args:
-        train_images: uint8 (N, 3, H, W) training art.
-        subset_size: Images per KID subset (capped by the set sizes).
-        subsets: Number of random subsets averaged.
-    """
-
-    def __init__(
-        self, train_images: torch.Tensor, subset_size: int = 50, subsets: int = 50, **kwargs
-    ) -> None:
-        with warnings.catch_warnings():  # the "stores all features" warning: ours are 192 floats each
-            warnings.simplefilter("ignore", UserWarning)
-            features = PixelFeatures(train_images)
-            super().__init__(features, subsets, subset_size, reset_real_features=False, **kwargs)
-        super().update(train_images, real=True)
-
-    def update(self, images: torch.Tensor) -> None:
-        super().update(images, real=False)
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        real, fake = sum(len(f) for f in self.real_features), sum(len(f) for f in self.fake_features)
-        requested, generator_state = self.subset_size, torch.random.get_rng_state()
-        self.subset_size = min(requested, real, fake)
-        try:
-            if self.subset_size < 2:
-                return {"kid": torch.tensor(float("nan"))}
-            torch.manual_seed(
-                0
-            )  # the same subsets every time, so epochs compare (and training's RNG is kept)
-            mean, _ = super().compute()
-            return {"kid": mean.float()}
-        finally:
-            self.subset_size = requested
-            torch.random.set_rng_state(generator_state)
-
-
 class PixelArtQuality(MetricCollection):
     """All pixel-art metrics of images generated at ``pixel_scale`` k, as one collection.
 
@@ -304,7 +239,7 @@ class PixelArtQuality(MetricCollection):
         bottom_rows: Rows the torso signal looks at.
         torso_margin: Pixels wider than the widest training bottom that count as a torso.
         near_copy: Share of differing pixels up to which an image is a near copy of a training image.
-        kid: Also compute KID on :class:`PixelFeatures` (needs >= 2 images).
+        kid: Also compute KID (:class:`bespoke_pl.kid.PixelKID`, needs >= 2 images).
         prefix: Prepended to every key of ``compute()``, e.g. ``"quality/raw/"``.
         metric_kwargs: Passed to every metric, e.g. ``sync_on_compute=False`` when one process updates.
     """

@@ -5,6 +5,7 @@ import torch
 from test_palette import blur, decoded_like
 
 from bespoke_pl.data import load_pairs
+from bespoke_pl.kid import PixelKID
 from bespoke_pl.metrics import (
     ColourCount,
     GridFidelity,
@@ -12,7 +13,6 @@ from bespoke_pl.metrics import (
     Memorisation,
     PaletteAdherence,
     PixelArtQuality,
-    PixelKID,
 )
 from bespoke_pl.pixels import palette_of, upscale_nearest
 from bespoke_pl.quality import background_colours, foreground_masks
