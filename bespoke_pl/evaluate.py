@@ -91,6 +91,8 @@ def measure_images(
             ious[exclude[0]], copies[exclude[0]], same[exclude[0]] = -1.0, float("inf"), False
         nearest = int(copies.argmin())
         width = int(bottom_widths(mask, head.bottom_rows)[0])
+        near = bool(copies[nearest] <= memory.near_copy)
+        copy = "exact" if bool(same.any()) else "near" if near else ""
         rows.append(
             {
                 "file": path.name,
@@ -106,11 +108,7 @@ def measure_images(
                 "torso": width > head.widest_bottom + head.torso_margin,
                 "nearest_training": train_paths[nearest].name,
                 "copy_distance": float(copies[nearest]),
-                "copy": "exact"
-                if bool(same.any())
-                else "near"
-                if copies[nearest] <= memory.near_copy
-                else "",
+                "copy": copy,
             }
         )
     return rows

@@ -74,6 +74,12 @@ def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(-2) - b.unsqueeze(-3)).square().sum(-1).sqrt()
 
 
+def packed_colours(images: torch.Tensor) -> torch.Tensor:
+    """Each pixel's colour as one integer ``0xRRGGBB``: uint8 (B, 3, H, W) -> int64 (B, H, W)."""
+    weights = torch.tensor([1 << 16, 1 << 8, 1], device=images.device).view(1, 3, 1, 1)
+    return (images.long() * weights).sum(1)
+
+
 def nearest_in_palette(images: torch.Tensor, palette: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For every pixel, the index of the nearest palette colour and the OKLab distance to it.
 
@@ -88,10 +94,7 @@ def nearest_in_palette(images: torch.Tensor, palette: torch.Tensor) -> tuple[tor
         raise ValueError(f"palette must be (P, 3) with P >= 1 colours, got shape {tuple(palette.shape)}")
     b, _, h, w = images.shape
     # Distinct colours only: a 192 px image of a few dozen colours needs a few dozen searches, not 36,864.
-    packed = (images.long() * torch.tensor([1 << 16, 1 << 8, 1], device=images.device).view(1, 3, 1, 1)).sum(
-        1
-    )
-    codes, inverse = torch.unique(packed.reshape(-1), return_inverse=True)
+    codes, inverse = torch.unique(packed_colours(images).reshape(-1), return_inverse=True)
     colours = torch.stack([codes >> 16, (codes >> 8) & 0xFF, codes & 0xFF], dim=-1).to(torch.uint8)
     lab = oklab(colours)
     targets = oklab(palette.to(images.device))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from bespoke_pl.palette import distances, image_oklab
+from bespoke_pl.palette import distances, image_oklab, packed_colours
 from bespoke_pl.pixels import reduce_blocks, upscale_nearest
 
 TOLERANCE = 0.03
@@ -18,11 +18,7 @@ TOLERANCE = 0.03
 
 def colour_counts(images: torch.Tensor) -> torch.Tensor:
     """Distinct exact colours of each image: uint8 (B, 3, H, W) -> long (B,)."""
-    b = images.shape[0]
-    packed = (images.long() * torch.tensor([1 << 16, 1 << 8, 1], device=images.device).view(1, 3, 1, 1)).sum(
-        1
-    )
-    ordered = packed.view(b, -1).sort(1).values
+    ordered = packed_colours(images).flatten(1).sort(1).values
     return (ordered[:, 1:] != ordered[:, :-1]).sum(1) + 1
 
 
