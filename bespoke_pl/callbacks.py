@@ -14,10 +14,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
 from bespoke_pl.lora import lora_weights
 from bespoke_pl.lora_files import save_lora_file
 from bespoke_pl.lora_metadata import training_metadata
-from bespoke_pl.pixels import image_grid, upscale_nearest
+from bespoke_pl.metrics import PixelArtQuality
+from bespoke_pl.palette import snap_and_lock
+from bespoke_pl.pixels import image_grid, palette_of, upscale_nearest
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +102,14 @@ class SaveLoRAEveryEpoch(L.Callback):
 
 
 class SampleImages(L.Callback):
-    """Generate sample images every N epochs with fixed seeds, save them and log a grid to TensorBoard.
+    """Generate sample images every N epochs with fixed seeds, save them, measure them and log to TensorBoard.
 
-    Images are generated at 24 * pixel_scale px, reduced to the 24x24 art grid (most common colour of each
-    k x k block) and saved as ``samples/epoch-000001/00-seed42.png`` plus a nearest-upscaled preview.
+    Images are generated at 24 * pixel_scale px (``-raw.png``), snapped to the 24x24 art grid (the colour
+    most of each k x k block agrees on, ``-snapped.png``) and locked to the training palette (nearest colour
+    in OKLab): the result is ``samples/epoch-000001/00-seed42.png`` plus a nearest-upscaled ``-preview.png``.
+    Pixel-art metrics (:class:`bespoke_pl.metrics.PixelArtQuality`) of the raw and the final images are
+    logged as ``quality/raw/*`` and ``quality/art/*``, and ``contact_sheet.png`` in the run folder gets one
+    row per sampled epoch.
 
     Args:
         prompts: Prompts to sample; unset: the first ``num_prompts`` distinct training captions.
@@ -115,7 +122,13 @@ class SampleImages(L.Callback):
         guidance_scale: Classifier-free guidance scale.
         negative_prompt: Negative prompt.
         sampler: Sampling scheduler: euler, euler_a, ddim or dpmpp_2m.
-        preview_scale: Nearest-upscale factor of the preview PNGs and the TensorBoard grid.
+        preview_scale: Nearest-upscale factor of the preview PNGs, the TensorBoard grid and the contact sheet.
+        snap: Reduce each k x k block to one art pixel (off: the final image stays at 24k px).
+        palette_lock: Replace every pixel by the nearest training-palette colour (OKLab).
+        metrics: Measure the samples (colours, palette, grid, head shape, copies) and log the values.
+        colour_range: Inclusive colour count of a good image, for ``quality/*/colours_in_range``.
+        kid: Also log KID against the training images (download-free features; noisy with few samples).
+        contact_sheet: Keep ``contact_sheet.png`` (one row per sampled epoch) and log it to TensorBoard.
     """
 
     def __init__(
@@ -131,6 +144,12 @@ class SampleImages(L.Callback):
         negative_prompt: str = "",
         sampler: Literal["euler", "euler_a", "ddim", "dpmpp_2m"] = "euler",
         preview_scale: int = 8,
+        snap: bool = True,
+        palette_lock: bool = True,
+        metrics: bool = True,
+        colour_range: tuple[int, int] = (35, 50),
+        kid: bool = False,
+        contact_sheet: bool = True,
     ) -> None:
         self.prompts = list(prompts or [])
         if prompts_file:
@@ -145,6 +164,17 @@ class SampleImages(L.Callback):
         self.negative_prompt = negative_prompt
         self.sampler = sampler
         self.preview_scale = preview_scale
+        self.snap = snap
+        self.palette_lock = palette_lock
+        self.metrics = metrics
+        self.colour_range = tuple(colour_range)
+        self.kid = kid
+        self.contact_sheet = contact_sheet
+        self.quality: dict[str, PixelArtQuality] = {}
+
+    def training_images(self, trainer: L.Trainer) -> torch.Tensor | None:
+        pairs = getattr(trainer.datamodule, "pairs", None) if trainer.datamodule is not None else None
+        return pairs.images if pairs is not None else None
 
     def resolve_prompts(self, trainer: L.Trainer) -> list[str]:
         if self.prompts:
@@ -166,31 +196,93 @@ class SampleImages(L.Callback):
             self.sample(trainer, pl_module, epoch)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        values: dict[str, float] = {}
         if trainer.is_global_zero:
             prompts = self.resolve_prompts(trainer)
             seeds = [self.seed + i for i in range(len(prompts))]
             started = time.perf_counter()
-            raw, art = pl_module.sample(
+            raw, reduced = pl_module.sample(
                 prompts, seeds, self.negative_prompt, self.steps, self.guidance_scale, self.sampler
             )
+            k = pl_module.hparams.pixel_scale
+            train = self.training_images(trainer)
+            palette = palette_of(train) if self.palette_lock and train is not None else None
+            snapped = reduced if self.snap else raw  # reduced: the k x k blocks, by reduce_blocks
+            art = snap_and_lock(snapped, 1, palette)
             folder = self.run_dir / "samples" / f"epoch-{epoch:06d}"
             folder.mkdir(parents=True, exist_ok=True)
-            previews = upscale_nearest(art, self.preview_scale)
-            for i, (seed, image, preview) in enumerate(zip(seeds, art, previews, strict=True)):
-                save_png(image, folder / f"{i:02d}-seed{seed}.png")
-                save_png(preview, folder / f"{i:02d}-seed{seed}-preview.png")
+            previews = upscale_nearest(art, max(1, self.preview_scale * 24 // art.shape[-1]))
+            for i, seed in enumerate(seeds):
+                stem = folder / f"{i:02d}-seed{seed}"
+                save_png(art[i], stem.with_name(stem.name + ".png"))
+                save_png(previews[i], stem.with_name(stem.name + "-preview.png"))
+                save_png(raw[i], stem.with_name(stem.name + "-raw.png"))
+                if self.snap and palette is not None:
+                    save_png(snapped[i], stem.with_name(stem.name + "-snapped.png"))
             (folder / "prompts.json").write_text(
                 json.dumps(dict(zip(map(str, seeds), prompts, strict=True)), indent=1)
             )
             for experiment in self._tensorboards(trainer):
                 experiment.add_image("samples/art", image_grid(previews), trainer.global_step)
                 experiment.add_image("samples/raw", image_grid(raw), trainer.global_step)
+            if self.metrics and train is not None:
+                values = self.measure(train, k, raw, art)
+            if self.contact_sheet:
+                self.write_contact_sheet(trainer)
             self.last_samples = (raw, art)
             log.info(
-                "epoch %d: %d samples in %s (%.1fs)", epoch, len(art), folder, time.perf_counter() - started
+                "epoch %d: %d samples in %s (%.1fs)%s",
+                epoch,
+                len(art),
+                folder,
+                time.perf_counter() - started,
+                quality_lines(values),
             )
+        values = trainer.strategy.broadcast(values, src=0)
+        if values and epoch == 0:
+            # Before training Lightning would fold these into epoch 1's values; write them as they are.
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+        elif values:
+            # Every rank logs the same numbers, so a ModelCheckpoint may monitor e.g. quality/art/torso_share.
+            pl_module.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
         trainer.strategy.barrier("sample_images")
+
+    def measure(self, train: torch.Tensor, k: int, raw: torch.Tensor, art: torch.Tensor) -> dict[str, float]:
+        """The quality metrics of the raw and the final images, as ``quality/{raw,art}/<name>`` floats."""
+        if not self.quality:
+            # Only rank zero samples, so the metrics must not wait for the other processes to sync.
+            options = {"colour_range": self.colour_range, "kid": self.kid, "sync_on_compute": False}
+            self.quality = {
+                "raw": PixelArtQuality(train, k, prefix="quality/raw/", **options),
+                "art": PixelArtQuality(
+                    train, art.shape[-1] // train.shape[-1], prefix="quality/art/", **options
+                ),
+            }
+        values = {}
+        for stage, images in (("raw", raw), ("art", art)):
+            metric = self.quality[stage].to(images.device)
+            metric.reset()
+            metric.update(images)
+            values |= {name: float(value) for name, value in metric.compute().items()}
+        return values
+
+    def write_contact_sheet(self, trainer: L.Trainer) -> None:
+        sheet = contact_sheet(read_epoch_rows(self.run_dir / "samples"), cell=24 * self.preview_scale)
+        save_png(sheet, self.run_dir / "contact_sheet.png")
+        for experiment in self._tensorboards(trainer):
+            experiment.add_image("samples/contact_sheet", sheet, trainer.global_step)
 
     @staticmethod
     def _tensorboards(trainer: L.Trainer):
         return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def quality_lines(values: dict[str, float]) -> str:
+    """``quality/raw/x`` ... as one indented log line per stage: ``raw: colours=576 grid_fidelity=0.1 ...``."""
+    lines = []
+    for stage in ("raw", "art"):
+        pairs = [f"{name.rsplit('/', 1)[-1]}={v:.3g}" for name, v in values.items() if f"/{stage}/" in name]
+        if pairs:
+            lines.append(f"\n  {stage}: " + " ".join(pairs))
+    return "".join(lines)

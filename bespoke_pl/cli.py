@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 from bespoke_pl.callbacks import SampleImages, SaveLoRAEveryEpoch
 from bespoke_pl.data import PixelArtDataModule
 from bespoke_pl.module import PixelLoRAModule
+from bespoke_pl.roundtrip import RoundTripCheck
 
 log = logging.getLogger("bespoke_pl")
 
@@ -58,6 +59,7 @@ class BespokeCLI(LightningCLI):
         parser.add_lightning_class_args(SampleImages, "sample")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(RoundTripCheck, "roundtrip")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -128,7 +130,44 @@ def generate_command(argv: list[str]) -> None:
     print(f"wrote {len(written) - 1} images and the preview sheet {written[-1]}")
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"tiny": tiny_command, "generate": generate_command}
+def evaluate_command(argv: list[str]) -> None:
+    """Measure generated images against the training folder (``python -m bespoke_pl evaluate --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.evaluate import evaluate
+
+    print(CLI(evaluate, args=argv, as_positional=False))
+
+
+def join_list_values(argv: list[str], flag: str) -> list[str]:
+    """Let ``--scales 1 8 16`` mean ``--scales [1,8,16]`` (jsonargparse takes one value per flag)."""
+    if flag not in argv:
+        return argv
+    start = argv.index(flag) + 1
+    end = start
+    while end < len(argv) and not argv[end].startswith("--"):
+        end += 1
+    if end - start <= 1:
+        return argv
+    return argv[:start] + [f"[{','.join(argv[start:end])}]"] + argv[end:]
+
+
+def roundtrip_command(argv: list[str]) -> None:
+    """VAE round trip of the training set at several pixel scales (``python -m bespoke_pl roundtrip --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.roundtrip import roundtrip
+
+    results = CLI(roundtrip, args=join_list_values(argv, "--scales"), as_positional=False)
+    print("\n".join(result.line() for result in results))
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "tiny": tiny_command,
+    "generate": generate_command,
+    "evaluate": evaluate_command,
+    "roundtrip": roundtrip_command,
+}
 
 
 def main(args: list[str] | None = None) -> BespokeCLI | None:

@@ -22,7 +22,8 @@ from bespoke_pl.base import load_base
 from bespoke_pl.conditioning import encode_prompts
 from bespoke_pl.lora_loading import apply_lora, check_family, read_lora_file
 from bespoke_pl.lora_metadata import DEFAULT_CLIP_SKIP, recorded_settings
-from bespoke_pl.pixels import image_grid, reduce_blocks, upscale_nearest
+from bespoke_pl.palette import snap_and_lock
+from bespoke_pl.pixels import image_grid, palette_from_hex, upscale_nearest
 from bespoke_pl.sampling import build_pipeline, generate
 
 log = logging.getLogger(__name__)
@@ -47,12 +48,13 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def reduce_to_art(raw: torch.Tensor, pixel_scale: int) -> torch.Tensor:
-    """Generated images (N, 3, 24k, 24k) uint8 -> the art (N, 3, 24, 24): the mode of each k x k block.
+def reduce_to_art(raw: torch.Tensor, pixel_scale: int, palette: list[str] | None = None) -> torch.Tensor:
+    """Generated images (N, 3, 24k, 24k) uint8 -> the art (N, 3, 24, 24), as the training samples are made.
 
-    The single place where raw samples become art; palette snapping belongs here.
+    Each k x k block becomes the colour most of it agrees on; with a palette (``#rrggbb`` strings, e.g. the
+    training set's from the LoRA file's header), every pixel then becomes its nearest palette colour.
     """
-    return reduce_blocks(raw, pixel_scale)
+    return snap_and_lock(raw, pixel_scale, palette_from_hex(palette) if palette else None)
 
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
@@ -100,6 +102,7 @@ def generate_images(
     base_config: str | None = None,
     batch_size: int = 4,
     preview_scale: int = 8,
+    palette_lock: bool = True,
 ) -> list[Path]:
     """Generate 24x24 images with a LoRA file on a base model; writes PNGs, a preview sheet and a record.
 
@@ -122,6 +125,8 @@ def generate_images(
         base_config: For a single-file base: a diffusers folder or hub id to read component configs from.
         batch_size: Images per pipeline call.
         preview_scale: Nearest-upscale factor of the preview sheet.
+        palette_lock: Map every pixel to the nearest colour (OKLab) of the training palette recorded in the
+            file's header; the raw decodes are saved beside the art as ``-raw.png`` either way.
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -154,15 +159,19 @@ def generate_images(
     size = resolution * pixel_scale
     log.info("generating %d images at %dpx on %s (clip skip %d)", len(prompts), size, target, clip_skip)
     raw = generate(pipe, encode, prompts, seeds, size, negative_prompt, steps, guidance_scale, batch_size)
-    art = reduce_to_art(raw, pixel_scale)
+    palette = recorded.palette if palette_lock else None
+    if palette_lock and not palette:
+        log.warning("%s records no training palette; colours are not locked", lora_file.path.name)
+    art = reduce_to_art(raw, pixel_scale, palette)
 
     folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     first = next_index(folder)
     written = []
-    for i, (image, image_seed) in enumerate(zip(art, seeds, strict=True)):
+    for i, (image, decoded, image_seed) in enumerate(zip(art, raw, seeds, strict=True)):
         written.append(folder / f"{first + i:04d}-seed{image_seed}.png")
         _write_new_png(image, written[-1])
+        _write_new_png(decoded, folder / f"{first + i:04d}-seed{image_seed}-raw.png")
     sheet = folder / f"{first:04d}-sheet.png"
     _write_new_png(image_grid(upscale_nearest(art, preview_scale)), sheet)
     record = {
@@ -171,6 +180,7 @@ def generate_images(
         "lora_scale": lora_scale,
         "clip_skip": clip_skip,
         "pixel_scale": pixel_scale,
+        "palette_lock": bool(palette),
         "sampler": sampler,
         "steps": steps,
         "guidance_scale": guidance_scale,

@@ -9,7 +9,9 @@ from PIL import Image
 
 from bespoke_pl.cli import main
 from bespoke_pl.generate import next_index, pick_device, read_prompts
-from bespoke_pl.lora_loading import LoRAFileError
+from bespoke_pl.lora_loading import LoRAFileError, read_lora_file
+from bespoke_pl.lora_metadata import recorded_settings
+from bespoke_pl.pixels import palette_from_hex
 
 PROMPT = "pixel art, 24x24, portrait of bespoke punk, male, blue background"
 
@@ -24,13 +26,29 @@ def test_generate_writes_art_and_never_overwrites(tmp_path, trained_sdxl):
               "--out", str(out), "--device", "cpu"]  # fmt: skip
     main(["generate", *common, "--prompt", PROMPT, "--num_images", "2"])
     first = ["0000-seed42.png", "0001-seed43.png"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*first, "0000-sheet.png", "0000-generate.json"])
-    for name in first:
+    raws = ["0000-seed42-raw.png", "0001-seed43-raw.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*first, *raws, "0000-sheet.png", "0000-generate.json"]
+    )
+    palette = {
+        tuple(c)
+        for c in palette_from_hex(
+            recorded_settings(read_lora_file(trained_sdxl.files["kohya"]).metadata).palette
+        ).tolist()
+    }
+    for name, raw in zip(first, raws, strict=True):
         image = Image.open(out / name)
         assert (image.size, image.mode) == ((24, 24), "RGB")
+        assert Image.open(out / raw).size == (192, 192)
+        # locked to the training palette recorded in the file
+        assert {tuple(c) for c in pixels(out / name).reshape(-1, 3).tolist()} <= palette
     assert Image.open(out / "0000-sheet.png").size == (2 + 2 * (24 * 8 + 2), 2 + 24 * 8 + 2)
     record = json.loads((out / "0000-generate.json").read_text())
-    assert (record["clip_skip"], record["pixel_scale"]) == (2, 8)  # from the file's header
+    assert (record["clip_skip"], record["pixel_scale"], record["palette_lock"]) == (
+        2,
+        8,
+        True,
+    )  # from the header
     assert [i["seed"] for i in record["images"]] == [42, 43] and record["images"][0]["prompt"] == PROMPT
     stamps = {p.name: p.read_bytes() for p in out.iterdir()}
 

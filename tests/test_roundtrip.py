@@ -1,0 +1,54 @@
+"""The VAE round trip: exact with a lossless autoencoder, and the command on a tiny model."""
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from bespoke_pl.cli import main
+from bespoke_pl.data import load_pairs
+from bespoke_pl.roundtrip import vae_round_trip
+
+
+class LosslessVAE(nn.Module):
+    """Encode = decode = identity (plus a tiny error an exact snap must absorb)."""
+
+    def __init__(self, error: float = 0.0) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+        self.error = error
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x + self.error))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=z)
+
+
+def test_lossless_round_trip_is_exact_at_every_scale(demo_data):
+    images = load_pairs(demo_data).images[:4]
+    for k in (1, 8):
+        result = vae_round_trip(LosslessVAE(error=1.5 / 127.5), images, k)  # 1.5 levels off everywhere
+        assert result.pixels_exact == 1.0 and result.images_exact == 1.0
+        assert 1.0 <= result.mean_abs_error <= 2.0
+
+
+def test_round_trip_counts_lost_pixels(demo_data):
+    images = load_pairs(demo_data).images[:2]
+
+    class HalfBlack(LosslessVAE):
+        def decode(self, z):
+            z = z.clone()
+            z[..., : z.shape[-2] // 2, :] = -1  # the top half comes back black
+            return SimpleNamespace(sample=z)
+
+    result = vae_round_trip(HalfBlack(), images, 8)
+    assert result.images_exact == 0 and 0.4 < result.pixels_exact < 0.6
+
+
+def test_roundtrip_command_on_the_tiny_model(tiny_sd15, demo_data, capsys):
+    main(["roundtrip", "--base_model", str(tiny_sd15), "--data_root", str(demo_data),
+          "--scales", "1", "8", "--max_images", "2"])  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["k=1", "k=8"]
+    assert all("2 images" in line and "% pixels exact" in line for line in lines)
