@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
+from bespoke_pl.faults import OutputError, write_failure
 from bespoke_pl.lora_files import (
     DIFFUSERS_METADATA_KEY,
     atomic_save_safetensors,
@@ -20,6 +21,7 @@ from bespoke_pl.lora_files import (
     diffusers_tensors,
 )
 from bespoke_pl.pixels import image_grid, upscale_nearest
+from bespoke_pl.preflight import check_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,25 @@ class SaveLoRAEveryEpoch(L.Callback):
     def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
         return run_dir(trainer) / f"{self.output_name}-{epoch:06d}.safetensors"
 
+    def free_path_for(self, trainer: L.Trainer, epoch: int) -> Path:
+        """``path_for``, or ``...-000003-1.safetensors`` etc. if taken: a finished file is never replaced.
+
+        It can exist when a run resumes from a checkpoint older than an epoch's file (an explicit older
+        ``--ckpt_path``, or a kill between the file and the epoch-end checkpoint).
+        """
+        path = self.path_for(trainer, epoch)
+        n = 0
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{self.output_name}-{epoch:06d}-{n}.safetensors")
+        if n:
+            log.warning("%s exists; keeping it and writing %s", self.path_for(trainer, epoch).name, path.name)
+        return path
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            check_run_folder(run_dir(trainer), resuming=trainer.ckpt_path is not None)
+
     def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
         h = module.hparams
         keep = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_dora")
@@ -86,9 +107,13 @@ class SaveLoRAEveryEpoch(L.Callback):
         if epoch % self.every_n_epochs and not last:
             return
         if trainer.is_global_zero:
-            path = self.path_for(trainer, epoch)
+            path = self.free_path_for(trainer, epoch)
             tensors = diffusers_tensors(pl_module.lora_state_dicts(), getattr(torch, self.save_dtype))
-            atomic_save_safetensors(tensors, path, self.metadata(trainer, pl_module, epoch))
+            try:
+                atomic_save_safetensors(tensors, path, self.metadata(trainer, pl_module, epoch))
+            except (OSError, FloatingPointError) as error:  # disk full, no permission, diverged weights
+                earlier = sorted(run_dir(trainer).glob(f"{self.output_name}-*.safetensors"))
+                raise OutputError(write_failure(path, error, earlier)) from error
             log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
         trainer.strategy.barrier("save_lora")
 

@@ -85,6 +85,8 @@ class PixelLoRAModule(L.LightningModule):
         lr_schedule: Learning-rate shape after warmup: constant, cosine (to 0) or linear (to 0).
         lr_warmup_steps: Optimizer steps of linear warmup from 0.
         gradient_checkpointing: Recompute UNet activations in backward to save memory.
+        skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no optimizer step) before
+            the run stops; 0 stops at the first. Skips are logged as ``train/skipped_batches``.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class PixelLoRAModule(L.LightningModule):
         lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
         lr_warmup_steps: int = 0,
         gradient_checkpointing: bool = False,
+        skip_nonfinite_loss: int = 0,
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -120,6 +123,7 @@ class PixelLoRAModule(L.LightningModule):
         self.strict_loading = False
         self.family: str | None = None
         self.tokenizers: list = []
+        self.skipped_batches = 0
 
     # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -238,10 +242,16 @@ class PixelLoRAModule(L.LightningModule):
         latents = self.encode_images(batch["pixels"])
         loss = self.compute_loss(latents, self.encode_text(list(batch["caption"])))
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch + 1}); "
-                "lower the learning rate or check the data"
-            )
+            where = f"at global step {self.global_step} (epoch {self.current_epoch + 1}, batch {batch_idx})"
+            if self.skipped_batches >= self.hparams.skip_nonfinite_loss:
+                raise FloatingPointError(
+                    f"loss is {loss.item()} {where}; lower the learning rate or check the data"
+                    + (f" ({self.skipped_batches} batches skipped before)" if self.skipped_batches else "")
+                )
+            self.skipped_batches += 1
+            log.warning("loss is %s %s: batch skipped (%d so far)", loss.item(), where, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=1)
+            return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=latents.shape[0])
         return loss
 
@@ -264,6 +274,16 @@ class PixelLoRAModule(L.LightningModule):
         # Only what is trained: a few MB of LoRA, not gigabytes of frozen base weights.
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
+        if bad:  # a resumable state must never be replaced by diverged weights
+            raise FloatingPointError(
+                f"refusing to write a checkpoint at global step {self.global_step}: non-finite LoRA weights "
+                f"in {len(bad)} tensors, e.g. {bad[0]}"
+            )
+        checkpoint["skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_batches = checkpoint.get("skipped_batches", 0)
 
     def lora_components(self) -> dict[str, nn.Module]:
         """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
