@@ -53,8 +53,9 @@ def default_precision(accelerator: str | None) -> str:
 
 def find_last_checkpoint(save_dir: Path, name: str) -> Path | None:
     """The newest ``last.ckpt`` among the runs ``save_dir/name/version_*``."""
-    candidates = sorted((save_dir / name).glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    return candidates[-1] if candidates else None
+    # is_file: a save_last="link" symlink whose target is gone does not count
+    candidates = [p for p in (save_dir / name).glob("*/checkpoints/last*.ckpt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def one_line(message: str) -> str:

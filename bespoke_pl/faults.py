@@ -97,7 +97,7 @@ def save_resumable(trainer: L.Trainer) -> Path:
     if callback is not None:
         # Part of the saved state: the resumed run then keeps writing last.ckpt, not last-v1.ckpt.
         callback.last_model_path = str(path)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the full state: optimizer, loops, callbacks
     return path
 
 
@@ -130,6 +130,17 @@ class SafeStop(L.Callback):
         self._previous = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Not at an epoch's last batch: Lightning resumes such a checkpoint as a finished epoch and skips
+        # on_train_epoch_end (the epoch's LoRA file and samples); stop after those instead.
+        if batch_idx + 1 < trainer.num_training_batches:
+            self._stop(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs > 0:
+            return  # the run ends here anyway, with its last checkpoint
+        self._stop(trainer)  # runs after the LoRA file and samples, before the checkpoint callbacks
+
+    def _stop(self, trainer: L.Trainer) -> None:
         if self.requested is None:
             return
         path = save_resumable(trainer)

@@ -95,6 +95,7 @@ def check_run_folder(folder: Path, resuming: bool) -> None:
         names = ", ".join(str(p.relative_to(folder)) for p in found[:3])
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         raise ConfigError(
-            f"{folder} already holds a run ({names}{more}); a new run would overwrite it. Resume it with "
-            "--ckpt_path last, or leave trainer.logger.init_args.version unset for a new folder"
+            f"{folder} already holds a run ({names}{more}); a new run would overwrite it. Resume it "
+            "(--ckpt_path last) or give the new run its own folder (leave trainer.logger.init_args.version "
+            "unset)"
         )

@@ -131,12 +131,21 @@ class ExactResume(L.Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, but ``last.ckpt`` is also written at every epoch's end when
-    ``every_n_train_steps`` is set (Lightning then saves on steps only).
+    """Lightning's ModelCheckpoint, adjusted so that every finished epoch is resumable from its end.
 
-    A finished epoch is then always resumable from its end, so a resumed run never redoes (and rewrites
-    the LoRA file of) an epoch that was already complete. Arguments as ``ModelCheckpoint``.
+    - ``last.ckpt`` is also written at every epoch's end when ``every_n_train_steps`` is set (Lightning then
+      saves on steps only).
+    - A step save that falls on an epoch's last batch waits for the epoch's end: Lightning resumes a
+      checkpoint taken at the last batch as a finished epoch and skips ``on_train_epoch_end``, so a kill
+      before that epoch's hooks ran would lose its LoRA file and samples for good.
+
+    Arguments as ``ModelCheckpoint``.
     """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # saved in on_train_epoch_end
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

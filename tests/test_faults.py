@@ -103,16 +103,25 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, tiny_sd15, demo_data, re
     assert_same_lora(folder / "bespoke-000003.safetensors", reference / "bespoke-000003.safetensors")
 
 
-def test_sigint_stops_after_the_step_and_handlers_are_restored(tmp_path, tiny_sd15, demo_data, capsys):
+def test_sigint_at_an_epochs_last_batch_stops_after_the_epochs_files(tmp_path, tiny_sd15, demo_data, capsys):
     logs = tmp_path / "logs"
     handler = signal.getsignal(signal.SIGINT)
+    command = fit_args(tiny_sd15, demo_data, logs, *FAST, *fault(2, "int"))
     with pytest.raises(SystemExit) as raised:
-        main(fit_args(tiny_sd15, demo_data, logs, *FAST, *fault(1, "int")))
+        main(command)
     assert raised.value.code == 130
-    last = run_folder(logs) / "checkpoints" / "last.ckpt"
-    assert f"stopped by SIGINT at step 1 (epoch 1); resumable checkpoint {last}" in capsys.readouterr().err
-    assert torch.load(last, weights_only=True)["global_step"] == 1
     assert signal.getsignal(signal.SIGINT) is handler
+    folder = run_folder(logs)
+    last = folder / "checkpoints" / "last.ckpt"
+    assert f"stopped by SIGINT at step 2 (epoch 1); resumable checkpoint {last}" in capsys.readouterr().err
+    # Step 2 ends epoch 1: the stop waits for the epoch's LoRA file (Lightning would skip it on resume).
+    epoch1 = folder / "bespoke-000001.safetensors"
+    before = sha(epoch1)
+    main([*command, "--ckpt_path=last"])
+    assert sha(epoch1) == before
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == [
+        f"bespoke-00000{e}.safetensors" for e in (1, 2, 3)
+    ]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_earlier_files(
@@ -278,3 +287,37 @@ def test_resuming_from_an_older_checkpoint_never_replaces_a_finished_epoch(tmp_p
     fit(2, ckpt_path=tmp_path / "keep" / "epoch=0.ckpt")  # redo epoch 2 from epoch 1's end
     assert {name: sha(folder / name) for name in stamps} == stamps
     assert (folder / "punk-000002-1.safetensors").is_file()
+
+
+class CrashAtEpochEnd(L.Callback):
+    """Raise in ``on_train_epoch_end`` of epoch ``epoch`` (before the LoRA file), unless resuming."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 == self.epoch and trainer.ckpt_path is None:
+            raise RuntimeError("crash before the epoch's files")
+
+
+def test_a_crash_before_an_epochs_files_resumes_into_them(tmp_path, tiny_sd15, demo_data):
+    def fit(ckpt_path: Path | None = None) -> None:
+        module = PixelLoRAModule(str(tiny_sd15), pixel_scale=1, rank=2)
+        # Every 2 steps = every epoch's last batch (2 batches per epoch).
+        checkpoint = RunCheckpoint(save_last=True, every_n_train_steps=2)
+        callbacks = (CrashAtEpochEnd(2), SaveLoRAEveryEpoch("punk"), checkpoint)
+        trainer = trainer_for(tmp_path, *callbacks, max_epochs=2)
+        trainer.fit(module, PixelArtDataModule(str(demo_data), batch_size=8), ckpt_path=ckpt_path)
+
+    with pytest.raises(RuntimeError, match="crash before the epoch's files"):
+        fit()
+    folder = tmp_path / "run" / "version_0"
+    last = folder / "checkpoints" / "last.ckpt"
+    # Lightning's ModelCheckpoint would have saved step 4 at the batch's end, and a resume from there
+    # skips epoch 2's end: its LoRA file would never be written.
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+    fit(ckpt_path=last)
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == [
+        "punk-000001.safetensors",
+        "punk-000002.safetensors",
+    ]

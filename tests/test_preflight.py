@@ -1,12 +1,16 @@
 """Configuration mistakes end in one clear line and exit status 2, before anything is loaded or written."""
 
 import hashlib
+import os
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from bespoke_pl.cli import main
+from bespoke_pl.base import BaseModelError, family_of_file
+from bespoke_pl.cli import BespokeCLI, main
 from bespoke_pl.data import DatasetError, PixelArtDataModule
 from bespoke_pl.module import PixelLoRAModule
 from bespoke_pl.preflight import ConfigError, check_pixel_grid
@@ -114,3 +118,47 @@ def test_a_new_run_never_reuses_a_folder_with_outputs(args, tmp_path, capsys):
     line = fails(args("--trainer.logger.init_args.version=0"), capsys)
     assert f"{folder} already holds a run (bespoke-000001.safetensors); a new run would overwrite it" in line
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()} == stamp
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious .ckpt does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_base_checkpoints_are_refused_not_executed(tmp_path, args, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"cond_stage_model.w": torch.zeros(1)}, "extra": RunsCode(marker)}, evil)
+    with pytest.raises(
+        BaseModelError, match=r"holds pickled Python objects besides tensors \(.*\); refusing"
+    ):
+        family_of_file(evil)
+    assert "refusing to load it. Use a .safetensors file" in fails(args(f"--model.base_model={evil}"), capsys)
+    assert not marker.exists()
+
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {"cond_stage_model.w": torch.zeros(1)}, "global_step": 10}, plain)
+    assert family_of_file(plain) == "sd15"
+    half = tmp_path / "half.safetensors"
+    save_file({"conditioner.embedders.1.w": torch.zeros(64)}, half)
+    half.write_bytes(half.read_bytes()[:40])
+    with pytest.raises(BaseModelError, match=f"cannot read base model {half}"):
+        family_of_file(half)
+
+
+@pytest.mark.parametrize("name", ["demo", "sd15", "sdxl"])
+def test_shipped_configs_parse_and_pass_the_checks(name, monkeypatch):
+    class Checked(Exception):
+        pass
+
+    def stop(self):  # after parsing and before_instantiate_classes (the checks), before any loading
+        raise Checked
+
+    monkeypatch.setattr(BespokeCLI, "instantiate_classes", stop)
+    with pytest.raises(Checked):
+        main(["fit", f"--config={Path(__file__).parents[1] / 'configs' / f'{name}.yaml'}"])
