@@ -85,7 +85,7 @@ class PixelLoRAModule(L.LightningModule):
         lr_schedule: Learning-rate shape after warmup: constant, cosine (to 0) or linear (to 0).
         lr_warmup_steps: Optimizer steps of linear warmup from 0.
         gradient_checkpointing: Recompute UNet activations in backward to save memory.
-        skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no optimizer step) before
+        skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no weight update) before
             the run stops; 0 stops at the first. Skips are logged as ``train/skipped_batches``.
     """
 
@@ -251,7 +251,7 @@ class PixelLoRAModule(L.LightningModule):
             self.skipped_batches += 1
             log.warning("loss is %s %s: batch skipped (%d so far)", loss.item(), where, self.skipped_batches)
             self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=1)
-            return None  # Lightning skips backward and the optimizer step
+            return None  # Lightning skips backward: the optimizer step finds no gradients, nothing changes
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=latents.shape[0])
         return loss
 

@@ -95,7 +95,7 @@ class ExactResume(L.Callback):
     """
 
     def __init__(self) -> None:
-        self.epoch, self.batches_done = 0, 0
+        self.epoch, self.batches_done, self.seed = 0, 0, None
         self._pending: dict | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -106,22 +106,30 @@ class ExactResume(L.Callback):
         self.epoch, self.batches_done = trainer.current_epoch + 1, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "rng": capture_rng()}
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "seed": self.seed,
+            "rng": capture_rng(),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # After the checkpoint is read, before the first batch is drawn.
-        if self._pending is None:
-            return
         order = getattr(trainer.datamodule, "epoch_order", None)
-        if isinstance(order, EpochOrder):
-            epoch, done = self._pending["epoch"], self._pending["batches_done"]
-            order.start_at(epoch, done)
-            warnings.filterwarnings("ignore", message=_MID_EPOCH_WARNING)
-            if done:
-                log.info("resuming epoch %d after its batch %d", epoch + 1, done)
+        if self._pending is None or not isinstance(order, EpochOrder):
+            self.seed = order.seed if isinstance(order, EpochOrder) else None
+            return
+        if self._pending.get("seed") is not None:
+            order.seed = self._pending["seed"]  # the killed run's order, also when no seed was fixed
+        self.seed = order.seed
+        epoch, done = self._pending["epoch"], self._pending["batches_done"]
+        order.start_at(epoch, done)
+        warnings.filterwarnings("ignore", message=_MID_EPOCH_WARNING)
+        if done:
+            log.info("resuming epoch %d after its batch %d", epoch + 1, done)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         # As late as possible: anything drawn between loading and the first step would shift the streams.
