@@ -71,17 +71,32 @@ def family_of_hub(repo_id: str) -> str:
 
 
 def family_of_file(path: Path) -> str:
-    """Detect the family of a single-file checkpoint from its key names (original SGM/LDM layout)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    """Detect the family of a single-file checkpoint from its key names (original SGM/LDM layout).
 
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    else:
-        import torch
+    A ``.ckpt`` is read with ``weights_only=True`` (here and in diffusers' loader): a file that needs
+    arbitrary pickled Python objects is refused, never executed.
+    """
+    import pickle
 
-        state = torch.load(path, map_location="meta", weights_only=True)
-        keys = list(state.get("state_dict", state).keys())
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        else:
+            state = torch.load(path, map_location="meta", weights_only=True)
+            keys = list(state.get("state_dict", state).keys())
+    except pickle.UnpicklingError as error:
+        first = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise BaseModelError(
+            f"{path} holds pickled Python objects besides tensors ({first}); refusing to load it. "
+            "Use a .safetensors file or a diffusers folder"
+        ) from error
+    except Exception as error:  # truncated or not a checkpoint at all
+        raise BaseModelError(f"cannot read base model {path}: {error}") from error
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "sdxl"
     if any(k.startswith("cond_stage_model.") for k in keys):

@@ -15,12 +15,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
+from bespoke_pl.faults import OutputError, write_failure
 from bespoke_pl.lora import lora_weights
 from bespoke_pl.lora_files import save_lora_file
 from bespoke_pl.lora_metadata import training_metadata
 from bespoke_pl.metrics import PixelArtQuality
 from bespoke_pl.palette import snap_and_lock
 from bespoke_pl.pixels import image_grid, palette_of, upscale_nearest
+from bespoke_pl.preflight import check_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +72,29 @@ class SaveLoRAEveryEpoch(L.Callback):
     def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
         return self.run_dir / f"{self.output_name}-{epoch:06d}.safetensors"
 
+    def free_path_for(self, trainer: L.Trainer, epoch: int) -> Path:
+        """``path_for``, or ``...-000003-1.safetensors`` etc. if taken: a finished file is never replaced.
+
+        It can exist when a run resumes from a checkpoint older than an epoch's file (an explicit older
+        ``--ckpt_path``, or a kill between the file and the epoch-end checkpoint).
+        """
+        path = self.path_for(trainer, epoch)
+        n = 0
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{self.output_name}-{epoch:06d}-{n}.safetensors")
+        if n:
+            log.warning("%s exists; keeping it and writing %s", self.path_for(trainer, epoch).name, path.name)
+        return path
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Refuse before training, not after the first epoch's compute.
         if self.format == "kohya" and pl_module.hparams.get("use_dora"):
             raise ValueError(
                 "kohya's LoRA format cannot hold DoRA (use_dora: true); set --save_lora.format diffusers"
             )
+        if trainer.is_global_zero:
+            check_run_folder(self.run_dir, resuming=trainer.ckpt_path is not None)
 
     def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
         return training_metadata(trainer, module, self.output_name, epoch, self.started, self.session_id)
@@ -86,17 +105,17 @@ class SaveLoRAEveryEpoch(L.Callback):
         if epoch % self.every_n_epochs and not last:
             return
         if trainer.is_global_zero:
-            path = self.path_for(trainer, epoch)
+            path = self.free_path_for(trainer, epoch)
             parts = {name: lora_weights(model) for name, model in pl_module.lora_components().items()}
-            save_lora_file(
-                path,
-                parts,
-                pl_module.family,
-                pl_module.unet.config,
-                self.metadata(trainer, pl_module, epoch),
-                self.format,
-                getattr(torch, self.save_dtype),
-            )
+            metadata = self.metadata(trainer, pl_module, epoch)
+            dtype = getattr(torch, self.save_dtype)
+            try:
+                save_lora_file(
+                    path, parts, pl_module.family, pl_module.unet.config, metadata, self.format, dtype
+                )
+            except (OSError, FloatingPointError) as error:  # disk full, no permission, diverged weights
+                earlier = sorted(self.run_dir.glob(f"{self.output_name}-*.safetensors"))
+                raise OutputError(write_failure(path, error, earlier)) from error
             log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
         trainer.strategy.barrier("save_lora")
 

@@ -15,8 +15,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from bespoke_pl.checks import scan_folder
+from bespoke_pl.resume import EpochOrder
 
 log = logging.getLogger(__name__)
 
@@ -52,90 +54,30 @@ def parse_colour(value: str) -> tuple[int, int, int]:
     return rgb  # type: ignore[return-value]
 
 
-def _has_transparency(image: Image.Image) -> bool:
-    if image.mode in ("RGBA", "LA", "PA"):
-        return image.getchannel("A").getextrema()[0] < 255
-    return "transparency" in image.info
-
-
-def _to_rgb(image: Image.Image, background: tuple[int, int, int] | None) -> np.ndarray:
-    """Convert an opaque or (with a background) transparent image to exact RGB uint8 (H, W, 3)."""
-    if not _has_transparency(image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    assert background is not None
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-    alpha = rgba[..., 3:4]
-    bg = np.asarray(background, dtype=np.uint16)
-    # Integer compositing with rounding: alpha 255 keeps the colour exactly, alpha 0 gives the background.
-    rgb = (rgba[..., :3] * alpha + bg * (255 - alpha) + 127) // 255
-    return rgb.astype(np.uint8)
-
-
 def load_pairs(
     root: str | Path,
     resolution: int = 24,
     caption_extension: str = ".txt",
     background: str | None = None,
     default_caption: str | None = None,
+    tokenizer=None,
 ) -> PixelPairs:
     """Read every ``*.png`` in ``root`` with its same-stem caption, refusing anything not strictly usable.
 
-    All problems are collected first, so one error lists every offending file rather than the first one.
+    The rules are :func:`bespoke_pl.checks.scan_folder`'s; all problems are collected first, so one error
+    lists every offending file. Warnings (e.g. captions longer than 77 tokens) are logged.
+
+    Args:
+        tokenizer: The base model's CLIP tokenizer to measure captions with; unset: an estimate.
     """
-    folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise DatasetError(f"training folder {folder} does not exist or is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
-    if not paths:
-        raise DatasetError(f"training folder {folder} has no .png images")
     bg = parse_colour(background) if background else None
-
-    problems: dict[str, list[str]] = {}
-    images: list[np.ndarray] = []
-    captions: list[str] = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                if image.size != (resolution, resolution):
-                    problems.setdefault(f"not {resolution}x{resolution}", []).append(
-                        f"{path.name} ({image.width}x{image.height})"
-                    )
-                    continue
-                if image.mode.startswith("I") or image.mode == "F":
-                    problems.setdefault("not 8-bit colour", []).append(f"{path.name} (mode {image.mode})")
-                    continue
-                if bg is None and _has_transparency(image):
-                    problems.setdefault("transparent but no `background` colour is set", []).append(path.name)
-                    continue
-                images.append(_to_rgb(image, bg))
-        except (OSError, SyntaxError) as error:
-            problems.setdefault("unreadable image", []).append(f"{path.name} ({error})")
-            continue
-
-        caption_path = path.with_suffix(caption_extension)
-        caption = None
-        if caption_path.is_file():
-            try:
-                caption = caption_path.read_text(encoding="utf-8").strip()
-            except UnicodeDecodeError:
-                problems.setdefault("caption is not UTF-8", []).append(caption_path.name)
-                continue
-        if not caption:
-            if default_caption is None:
-                kind = "missing caption" if caption is None else "empty caption"
-                problems.setdefault(f"{kind} (set `default_caption` to allow)", []).append(caption_path.name)
-                continue
-            caption = default_caption
-        captions.append(caption)
-
-    if problems:
-        lines = [f"{len(paths)} images in {folder}; these cannot be used:"]
-        for problem, files in problems.items():
-            lines.append(f"  {problem}: {', '.join(files)}")
-        raise DatasetError("\n".join(lines))
-    stacked = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-    return PixelPairs(paths=paths, images=stacked, captions=captions)
+    scan = scan_folder(root, resolution, caption_extension, bg, default_caption, tokenizer)
+    if scan.report.errors:
+        raise DatasetError(scan.report.format())
+    for finding in scan.report.warnings:
+        log.warning("%s: %s", finding.problem, finding.item)
+    stacked = torch.from_numpy(np.stack(scan.images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    return PixelPairs(paths=scan.paths, images=stacked, captions=scan.captions)
 
 
 def shuffle_caption(caption: str, keep_tokens: int, generator: torch.Generator) -> str:
@@ -171,12 +113,15 @@ class PixelPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs.captions) * self.num_repeats
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
+        # resume.EpochOrder passes (i, draw seed) so caption draws do not depend on when items are fetched.
+        i, draw = i if isinstance(i, tuple) else (i, None)
         index = i % len(self.pairs.captions)
         caption = self.pairs.captions[index]
         if not self.caption_is_fixed:
-            # Seeded from torch's global RNG, which Lightning's seed_everything (and worker seeding) fixes.
-            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            # Else seeded from torch's global RNG, which Lightning's seed_everything (and worker seeding) fixes.
+            seed = draw if draw is not None else int(torch.randint(0, 2**62, ()).item())
+            generator = torch.Generator().manual_seed(seed)
             if self.shuffle_captions:
                 caption = shuffle_caption(caption, self.keep_tokens, generator)
             if self.caption_dropout and torch.rand((), generator=generator).item() < self.caption_dropout:
@@ -225,6 +170,7 @@ class PixelArtDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.pairs: PixelPairs | None = None
         self.train_set: PixelPairDataset | None = None
+        self.epoch_order: EpochOrder | None = None
 
     @property
     def root_path(self) -> Path:
@@ -235,12 +181,16 @@ class PixelArtDataModule(L.LightningDataModule):
             root = resolve_demo(root)
         return Path(root).expanduser()
 
-    def load(self) -> PixelPairs:
-        """Read and check the folder once; later calls return the same in-memory set."""
+    def load(self, tokenizer=None) -> PixelPairs:
+        """Read and check the folder once; later calls return the same in-memory set.
+
+        Args:
+            tokenizer: The base model's CLIP tokenizer, to measure captions; unset: an estimate.
+        """
         if self.pairs is None:
             h = self.hparams
             self.pairs = load_pairs(
-                self.root_path, h.resolution, h.caption_extension, h.background, h.default_caption
+                self.root_path, h.resolution, h.caption_extension, h.background, h.default_caption, tokenizer
             )
             log.info("loaded %d image-caption pairs from %s", len(self.pairs.captions), self.root_path)
         return self.pairs
@@ -254,9 +204,23 @@ class PixelArtDataModule(L.LightningDataModule):
         self.train_set = PixelPairDataset(
             self.load(), h.num_repeats, h.caption_dropout, h.shuffle_captions, h.keep_tokens
         )
+        if self.trainer is None or self.trainer.world_size == 1:
+            # A seeded, resumable order (see resume.py); with several devices Lightning's sampler is used.
+            self.epoch_order = EpochOrder(len(self.train_set), h.batch_size, torch.initial_seed())
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup('fit') first"
+        if self.epoch_order is not None:
+            # Its own generator: a loader draws a worker base seed per epoch, which must not shift the
+            # global RNG that noise and timesteps come from.
+            return DataLoader(
+                self.train_set,
+                batch_size=self.hparams.batch_size,
+                sampler=self.epoch_order,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=self.hparams.num_workers > 0,
+                generator=torch.Generator().manual_seed(self.epoch_order.seed),
+            )
         return DataLoader(
             self.train_set,
             batch_size=self.hparams.batch_size,

@@ -97,6 +97,8 @@ class PixelLoRAModule(L.LightningModule):
         cache_text: Encode each caption once when the text encoders are frozen and captions fixed.
         offload_frozen: After caching, move the VAE and frozen text encoders off the accelerator;
             they come back only for sampling.
+        skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no weight update) before
+            the run stops; 0 stops at the first. Skips are logged as ``train/skipped_batches``.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class PixelLoRAModule(L.LightningModule):
         latent_cache_dir: str | None = None,
         cache_text: bool = True,
         offload_frozen: bool = True,
+        skip_nonfinite_loss: int = 0,
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -141,6 +144,7 @@ class PixelLoRAModule(L.LightningModule):
         self.tokenizers: list = []
         self.latent_cache: LatentCache | None = None
         self.text_cache: TextCache | None = None
+        self.skipped_batches = 0
 
     # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -273,10 +277,16 @@ class PixelLoRAModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch + 1}); "
-                "lower the learning rate or check the data"
-            )
+            where = f"at global step {self.global_step} (epoch {self.current_epoch + 1}, batch {batch_idx})"
+            if self.skipped_batches >= self.hparams.skip_nonfinite_loss:
+                raise FloatingPointError(
+                    f"loss is {loss.item()} {where}; lower the learning rate or check the data"
+                    + (f" ({self.skipped_batches} batches skipped before)" if self.skipped_batches else "")
+                )
+            self.skipped_batches += 1
+            log.warning("loss is %s %s: batch skipped (%d so far)", loss.item(), where, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=1)
+            return None  # Lightning skips backward: the optimizer step finds no gradients, nothing changes
         size = len(batch["index"])
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
         # The epoch mean is reduced across processes once per epoch, not at every step.
@@ -302,6 +312,16 @@ class PixelLoRAModule(L.LightningModule):
         # Only what is trained: a few MB of LoRA, not gigabytes of frozen base weights.
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
+        if bad:  # a resumable state must never be replaced by diverged weights
+            raise FloatingPointError(
+                f"refusing to write a checkpoint at global step {self.global_step}: non-finite LoRA weights "
+                f"in {len(bad)} tensors, e.g. {bad[0]}"
+            )
+        checkpoint["skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_batches = checkpoint.get("skipped_batches", 0)
 
     def lora_components(self) -> dict[str, nn.Module]:
         """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
