@@ -50,8 +50,9 @@ def atomic_save_safetensors(
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the user's usual permissions
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        # mkstemp makes the file 0600 (and save_file may recreate it); give it the user's usual permissions.
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -185,3 +185,21 @@ def test_metadata_parses_and_records_training_facts(request, demo_data, family):
     assert folder == demo_data.name and tags["pixel art"] == int(metadata["ss_num_train_images"])
     images = run.module.trainer.datamodule.pairs.images
     assert json.loads(metadata["bespoke_pl.palette"]) == palette_to_hex(palette_of(images))
+
+
+def test_atomic_write_leaves_a_readable_file_and_no_temporary(tmp_path):
+    import os
+    import stat
+
+    from safetensors.torch import load_file
+
+    from bespoke_pl.lora_files import atomic_save_safetensors
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_save_safetensors({"a": torch.ones(2)}, tmp_path / "x.safetensors", {"format": "pt"})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600: other tools and users read it
+    assert torch.equal(load_file(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
