@@ -16,6 +16,7 @@ from PIL import Image
 
 from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
 from bespoke_pl.faults import OutputError, write_failure
+from bespoke_pl.generate import read_prompts
 from bespoke_pl.lora import lora_weights
 from bespoke_pl.lora_files import save_lora_file
 from bespoke_pl.lora_metadata import training_metadata
@@ -170,10 +171,7 @@ class SampleImages(L.Callback):
         kid: bool = False,
         contact_sheet: bool = True,
     ) -> None:
-        self.prompts = list(prompts or [])
-        if prompts_file:
-            lines = Path(prompts_file).expanduser().read_text(encoding="utf-8").splitlines()
-            self.prompts += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        self.prompts = list(prompts or []) + (read_prompts(None, prompts_file) if prompts_file else [])
         self.num_prompts = num_prompts
         self.seed = seed
         self.every_n_epochs = every_n_epochs
