@@ -66,7 +66,10 @@ def family_of_hub(repo_id: str) -> str:
     try:
         config = DiffusionPipeline.load_config(repo_id)
     except Exception as error:  # hub errors come in many classes; say what failed and why
-        raise BaseModelError(f"cannot read base model {repo_id!r}: {error}") from error
+        raise BaseModelError(
+            f"cannot read base model {repo_id!r} from the hub or its cache: {error} (offline? give a local "
+            "diffusers folder or a single .safetensors file as --model.base_model)"
+        ) from error
     return "sdxl" if "text_encoder_2" in config else "sd15"
 
 
