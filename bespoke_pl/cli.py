@@ -314,7 +314,7 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=42,
             args=None if args is None else argv,  # None reads sys.argv (LightningCLI warns when given both)
-            parser_kwargs={"default_env": False},
+            parser_kwargs={"default_env": False, "prog": "python -m bespoke_pl"},
             parser_class=OneLineErrorParser,
         )
     except CONFIG_ERRORS as error:
