@@ -176,9 +176,25 @@ def _load_single_file(path: Path, family: str, config_source: str | None) -> Bas
     if family == "sd15":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     log.info("loading %s single-file checkpoint %s", family, path)
-    pipe = pipeline_class.from_single_file(str(path), **kwargs)
+    # diffusers' own errors lack the path (a missing UNet weight reads "Cannot copy out of meta tensor").
+    try:
+        pipe = pipeline_class.from_single_file(str(path), **kwargs)
+    except Exception as error:
+        raise BaseModelError(f"cannot load {path} as an {family} checkpoint: {error}") from error
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
+    components = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": encoders[0]}
+    if family == "sdxl":
+        components["text_encoder_2"] = encoders[1]
+    for name, module in components.items():
+        # diffusers leaves weights the file lacks on the meta device instead of failing; training would
+        # then die much later with an unrelated-looking error.
+        missing = [key for key, tensor in module.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise BaseModelError(
+                f"{path} lacks {len(missing)} {name} weights (e.g. {', '.join(missing[:3])}); "
+                "is it truncated, pruned or a single component rather than a whole model?"
+            )
     return BaseModel(
         family=family,
         unet=pipe.unet,
