@@ -57,8 +57,8 @@ def run_trainer(
 ) -> dict:
     import lightning as L
 
-    from bespoke_pl.cli import default_precision
     from bespoke_pl.data import PixelArtDataModule
+    from bespoke_pl.devices import default_precision
 
     stamps: list[float] = []
 
@@ -89,8 +89,8 @@ def run_bare(
     from bespoke_pl.cache import LatentCache, TextCache
     from bespoke_pl.conditioning import sdxl_time_ids
     from bespoke_pl.data import load_pairs
+    from bespoke_pl.devices import weight_dtype_for
     from bespoke_pl.lora import lora_parameters
-    from bespoke_pl.module import weight_dtype_for
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = make_module(family, scale, real)

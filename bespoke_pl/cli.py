@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Checkpoint, LearningRateMonitor
@@ -23,6 +22,7 @@ from bespoke_pl.base import BaseModelError
 from bespoke_pl.callbacks import SampleImages, SaveLoRAEveryEpoch
 from bespoke_pl.checks import caption_tokenizer
 from bespoke_pl.data import DatasetError, PixelArtDataModule
+from bespoke_pl.devices import default_precision
 from bespoke_pl.faults import AtomicCheckpointIO, OutputError, RunInterrupted, SafeStop
 from bespoke_pl.module import PixelLoRAModule
 from bespoke_pl.preflight import ConfigError, check_base, check_options, check_run_folder
@@ -41,16 +41,6 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "logs", "name": "bespoke"},
     },
 }
-
-
-def default_precision(accelerator: str | None) -> str:
-    """A precision that is safe on the device: bf16 (else fp16) mixed on CUDA, fp32 on MPS and CPU."""
-    wants_cuda = accelerator in ("cuda", "gpu") or (
-        accelerator in (None, "auto") and torch.cuda.is_available()
-    )
-    if wants_cuda:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def find_last_checkpoint(save_dir: Path, name: str) -> Path | None:

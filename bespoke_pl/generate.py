@@ -20,6 +20,7 @@ from PIL import Image
 
 from bespoke_pl.base import load_base
 from bespoke_pl.conditioning import encode_prompts
+from bespoke_pl.devices import pick_device, weight_dtype_for
 from bespoke_pl.lora_loading import apply_lora, check_family, read_lora_file
 from bespoke_pl.lora_metadata import DEFAULT_CLIP_SKIP, recorded_settings
 from bespoke_pl.palette import snap_and_lock
@@ -30,22 +31,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PIXEL_SCALE = 8
 _NUMBERED = re.compile(r"^(\d{4,})-")
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``auto``: CUDA if present, else Apple MPS, else CPU. A named device that is missing is an error."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if requested == "auto":
-        return torch.device(next(name for name, ok in available.items() if ok))
-    if requested not in available:
-        raise ValueError(f"device must be auto, cuda, mps or cpu, got {requested!r}")
-    if not available[requested]:
-        raise ValueError(f"device {requested} was requested but is not available on this machine")
-    return torch.device(requested)
 
 
 def reduce_to_art(raw: torch.Tensor, pixel_scale: int, palette: list[str] | None = None) -> torch.Tensor:
@@ -145,8 +130,8 @@ def generate_images(
     names = ["text_encoder", "text_encoder_2"][: len(base.text_encoders)]
     components = {"unet": base.unet, **dict(zip(names, base.text_encoders, strict=True))}
     apply_lora(components, lora_file, base.family, lora_scale)
-    # Half precision only on CUDA (as in training); the VAE decodes in float32 everywhere.
-    dtype = torch.float16 if target.type == "cuda" else torch.float32
+    # The training dtypes: half precision only on CUDA; the VAE decodes in float32 everywhere.
+    dtype = weight_dtype_for(target)
     unet = base.unet.to(target, dtype)
     encoders = [encoder.to(target, dtype) for encoder in base.text_encoders]
     vae = base.vae.to(target, torch.float32)

@@ -14,6 +14,7 @@ from torch import nn
 from bespoke_pl.base import BaseModel, load_base
 from bespoke_pl.cache import LatentCache, TextCache
 from bespoke_pl.conditioning import PromptEmbeds, encode_prompts, sdxl_time_ids
+from bespoke_pl.devices import weight_dtype_for
 from bespoke_pl.diffusion import (
     add_noise,
     alphas_cumprod_from_config,
@@ -29,19 +30,6 @@ from bespoke_pl.sampling import build_pipeline, generate
 from bespoke_pl.speed import bring_frozen_back, build_caches, set_attention
 
 log = logging.getLogger(__name__)
-
-
-def weight_dtype_for(device: torch.device, requested: str) -> torch.dtype:
-    """Dtype of the frozen UNet and text encoders: half precision on CUDA only, float32 elsewhere.
-
-    CPU has no fast half-precision kernels and MPS half precision still misbehaves in places, so both
-    stay float32 unless the user insists. LoRA weights are float32 everywhere regardless.
-    """
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
 
 
 def _lr_lambda(kind: str, warmup: int, total: int):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch import nn
 
+from bespoke_pl.devices import pick_device
 from bespoke_pl.palette import snap_and_lock
 from bespoke_pl.pixels import palette_of, to_model_range, to_uint8, upscale_nearest
 
@@ -93,7 +95,7 @@ def roundtrip(
     background: str | None = None,
     max_images: int = 0,
     batch_size: int = 8,
-    device: str = "auto",
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto",
 ) -> list[RoundTrip]:
     """Round-trip the training images through the base model's VAE at each pixel scale.
 
@@ -106,16 +108,14 @@ def roundtrip(
         background: Colour under transparent pixels (as for training).
         max_images: Round-trip only the first N images; 0: all.
         batch_size: Images per VAE call.
-        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``mps``.
+        device: ``auto`` (CUDA, else Apple MPS, else CPU), ``cuda``, ``mps`` or ``cpu``.
     """
     from bespoke_pl.data import PixelArtDataModule
 
     data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
     images = data.load().images
     images = images[:max_images] if max_images > 0 else images
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    vae = load_vae(base_model, base_config).to(device)
+    vae = load_vae(base_model, base_config).to(pick_device(device))
     palette = palette_of(images)
     results = []
     for k in scales or [1, 8, 16]:

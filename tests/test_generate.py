@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from bespoke_pl.cli import main
-from bespoke_pl.generate import next_index, pick_device, read_prompts
+from bespoke_pl.devices import pick_device
+from bespoke_pl.generate import next_index, read_prompts
 from bespoke_pl.lora_loading import LoRAFileError, read_lora_file
 from bespoke_pl.lora_metadata import recorded_settings
 from bespoke_pl.pixels import palette_from_hex
