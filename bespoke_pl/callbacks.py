@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
+from bespoke_pl.data import training_pairs
 from bespoke_pl.faults import OutputError, write_failure
 from bespoke_pl.generate import read_prompts
 from bespoke_pl.lora import lora_weights
@@ -190,13 +191,13 @@ class SampleImages(L.Callback):
         self.quality: dict[str, PixelArtQuality] = {}
 
     def training_images(self, trainer: L.Trainer) -> torch.Tensor | None:
-        pairs = getattr(trainer.datamodule, "pairs", None) if trainer.datamodule is not None else None
+        pairs = training_pairs(trainer)
         return pairs.images if pairs is not None else None
 
     def resolve_prompts(self, trainer: L.Trainer) -> list[str]:
         if self.prompts:
             return self.prompts
-        pairs = getattr(trainer.datamodule, "pairs", None) if trainer.datamodule is not None else None
+        pairs = training_pairs(trainer)
         captions = list(dict.fromkeys(pairs.captions)) if pairs is not None else []
         return captions[: self.num_prompts] or ["pixel art, 24x24, portrait of bespoke punk"]
 

@@ -80,6 +80,11 @@ def load_pairs(
     return PixelPairs(paths=scan.paths, images=stacked, captions=scan.captions)
 
 
+def training_pairs(trainer) -> PixelPairs | None:
+    """The in-memory training set of a trainer's data module, or None (another data module, or not loaded)."""
+    return getattr(trainer.datamodule, "pairs", None)
+
+
 def shuffle_caption(caption: str, keep_tokens: int, generator: torch.Generator) -> str:
     """Shuffle a caption's comma-separated tags, keeping the first ``keep_tokens`` tags in place."""
     tags = [tag.strip() for tag in caption.split(",")]

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 from torch import nn
 
 UNET_ATTENTION_BLOCKS = ("Transformer2DModel",)
@@ -122,18 +122,6 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The LoRA weights in peft naming (``<module>.lora_A.weight`` ...), detached."""
     return {k: v.detach() for k, v in get_peft_model_state_dict(model).items()}
-
-
-def load_lora_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load peft-named LoRA weights into a model that already has the adapter; unknown keys are an error."""
-    result = set_peft_model_state_dict(model, state_dict)
-    unexpected = getattr(result, "unexpected_keys", [])
-    if unexpected:
-        raise KeyError(f"LoRA weights do not fit the model: {unexpected[:5]}")
-
-
-def count_parameters(parameters: list[nn.Parameter]) -> int:
-    return sum(p.numel() for p in parameters)
 
 
 @dataclass

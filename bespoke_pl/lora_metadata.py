@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 
 import bespoke_pl
+from bespoke_pl.data import training_pairs
 from bespoke_pl.pixels import palette_of, palette_to_hex
 
 ARCHITECTURES = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
@@ -68,7 +69,7 @@ def training_metadata(
     size = h.resolution * h.pixel_scale  # the image side the model was trained on
     datamodule = trainer.datamodule
     data = datamodule.hparams if datamodule is not None else {}
-    pairs = getattr(datamodule, "pairs", None)
+    pairs = training_pairs(trainer)
     folder = Path(str(datamodule.root_path)).name if pairs is not None else "unknown"
     num_images = len(pairs.captions) if pairs is not None else 0
     repeats = int(data.get("num_repeats", 1))

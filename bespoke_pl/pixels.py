@@ -88,11 +88,6 @@ def reduce_blocks(images: torch.Tensor, k: int, tolerance: int = 10) -> torch.Te
     return torch.cat(out).to(torch.uint8)
 
 
-def colour_count(image: torch.Tensor) -> int:
-    """Number of distinct colours in one uint8 image (C, H, W)."""
-    return int(torch.unique(image.reshape(image.shape[0], -1), dim=1).shape[1])
-
-
 def image_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:
     """Tile uint8 images (N, C, H, W) into one (C, H', W') grid with ``padding`` black pixels between."""
     n, c, h, w = images.shape

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from bespoke_pl.data import training_pairs
 from bespoke_pl.devices import pick_device
 from bespoke_pl.palette import snap_and_lock
 from bespoke_pl.pixels import palette_of, to_model_range, to_uint8, upscale_nearest
@@ -144,7 +145,7 @@ class RoundTripCheck(L.Callback):
         self.result: RoundTrip | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pairs = getattr(trainer.datamodule, "pairs", None) if trainer.datamodule is not None else None
+        pairs = training_pairs(trainer)
         if not self.enabled or pairs is None or not trainer.is_global_zero:
             return
         images = pairs.images[: self.max_images] if self.max_images > 0 else pairs.images

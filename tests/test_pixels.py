@@ -1,7 +1,6 @@
 import torch
 
 from bespoke_pl.pixels import (
-    colour_count,
     image_grid,
     palette_from_hex,
     palette_of,
@@ -11,6 +10,7 @@ from bespoke_pl.pixels import (
     to_uint8,
     upscale_nearest,
 )
+from bespoke_pl.quality import colour_counts
 
 
 def test_uint8_float_round_trip_is_exact_for_every_level():
@@ -48,7 +48,7 @@ def test_colours_and_palette():
     art = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     art[0, 0, 0, 0] = 255
     art[1, 2, 1, 1] = 7
-    assert colour_count(art[0]) == 2
+    assert colour_counts(art[:1]).tolist() == [2]
     palette = palette_of(art)
     assert palette.shape == (3, 3)
     assert palette_to_hex(palette) == ["#000000", "#000007", "#ff0000"]
