@@ -2,7 +2,8 @@
 
 Components are loaded one by one with ``from_pretrained(..., subfolder=...)``: the trainer needs the UNet,
 VAE, tokenizers, text encoders and the scheduler's config, never the pipeline's safety checker.
-``tiny:sd15`` and ``tiny:sdxl`` name the project's tiny offline models (built on first use).
+``tiny:sd15`` and ``tiny:sdxl`` name the project's tiny offline models with random weights (built on first
+use), ``tiny-punks:sd15`` and ``tiny-punks:sdxl`` the pretrained tiny bases shipped in the package.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ class BaseModel:
 
 def resolve_spec(spec: str) -> str:
     from bespoke_pl.tiny import resolve_tiny
+    from bespoke_pl.tiny_punks import resolve_tiny_punks
 
-    return resolve_tiny(spec) or spec
+    try:
+        return resolve_tiny(spec) or resolve_tiny_punks(spec) or spec
+    except ValueError as error:
+        raise BaseModelError(str(error)) from error
 
 
 def family_of_folder(folder: Path) -> str:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
 from bespoke_pl.data import training_pairs
+from bespoke_pl.demo_style import demo_measures
 from bespoke_pl.faults import OutputError, write_failure
 from bespoke_pl.generate import read_prompts
 from bespoke_pl.lora import lora_weights
@@ -150,6 +151,9 @@ class SampleImages(L.Callback):
         colour_range: Inclusive colour count of a good image, for ``quality/*/colours_in_range``.
         kid: Also log KID against the training images (download-free features; noisy with few samples).
         contact_sheet: Keep ``contact_sheet.png`` (one row per sampled epoch) and log it to TensorBoard.
+        demo_measures: Also log ``demo/neon_share``, ``demo/base_share`` (which demo style drew each face)
+            and ``demo/background_match`` (the prompted background came out), judged on the snapped art
+            before the palette lock; meaningful for the demo punks only (``configs/demo.yaml``).
     """
 
     def __init__(
@@ -171,6 +175,7 @@ class SampleImages(L.Callback):
         colour_range: tuple[int, int] = (35, 50),
         kid: bool = False,
         contact_sheet: bool = True,
+        demo_measures: bool = False,
     ) -> None:
         self.prompts = list(prompts or []) + (read_prompts(None, prompts_file) if prompts_file else [])
         self.num_prompts = num_prompts
@@ -188,6 +193,7 @@ class SampleImages(L.Callback):
         self.colour_range = tuple(colour_range)
         self.kid = kid
         self.contact_sheet = contact_sheet
+        self.demo_measures = demo_measures
         self.quality: dict[str, PixelArtQuality] = {}
 
     def training_images(self, trainer: L.Trainer) -> torch.Tensor | None:
@@ -245,6 +251,8 @@ class SampleImages(L.Callback):
                 experiment.add_image("samples/raw", image_grid(raw), trainer.global_step)
             if self.metrics and train is not None:
                 values = self.measure(train, k, raw, art)
+            if self.demo_measures:
+                values |= {f"demo/{name}": v for name, v in demo_measures(reduced, prompts).items()}
             if self.contact_sheet:
                 self.write_contact_sheet(trainer)
             self.last_samples = (raw, art)
@@ -299,8 +307,12 @@ class SampleImages(L.Callback):
 def quality_lines(values: dict[str, float]) -> str:
     """``quality/raw/x`` ... as one indented log line per stage: ``raw: colours=576 grid_fidelity=0.1 ...``."""
     lines = []
-    for stage in ("raw", "art"):
-        pairs = [f"{name.rsplit('/', 1)[-1]}={v:.3g}" for name, v in values.items() if f"/{stage}/" in name]
+    for stage in ("raw", "art", "demo"):
+        pairs = [
+            f"{name.rsplit('/', 1)[-1]}={v:.3g}"
+            for name, v in values.items()
+            if f"/{stage}/" in name or name.startswith(f"{stage}/")
+        ]
         if pairs:
             lines.append(f"\n  {stage}: " + " ".join(pairs))
     return "".join(lines)

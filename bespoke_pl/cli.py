@@ -166,6 +166,15 @@ def tiny_command(argv: list[str]) -> None:
     CLI(tiny, args=argv)
 
 
+def pretrain_command(argv: list[str]) -> None:
+    """Pretrain a tiny punk base (``python -m bespoke_pl pretrain-tiny --help``)."""
+    from jsonargparse import CLI
+
+    from bespoke_pl.pretrain import pretrain_command as pretrain
+
+    print(CLI(pretrain, args=argv, as_positional=False))
+
+
 def generate_command(argv: list[str]) -> None:
     """Generate 24x24 images with a LoRA file (``python -m bespoke_pl generate --help``)."""
     from jsonargparse import CLI
@@ -264,6 +273,7 @@ def check_data_command(argv: list[str]) -> None:
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "tiny": tiny_command,
+    "pretrain-tiny": pretrain_command,
     "generate": generate_command,
     "evaluate": evaluate_command,
     "roundtrip": roundtrip_command,

@@ -115,3 +115,18 @@ def sdxl_time_ids(size: int, batch: int, device=None, dtype=torch.float32) -> to
     """
     ids = torch.tensor([size, size, 0, 0, size, size], device=device, dtype=dtype)
     return ids.expand(batch, 6)
+
+
+def predict_noise(
+    unet: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds, image_size: int
+) -> torch.Tensor:
+    """The UNet's prediction for noisy latents, conditioned as in training: prompt sequence, and for SDXL
+    the pooled embedding and the time ids of an uncropped ``image_size`` image. Runs in the UNet's dtype."""
+    dtype = unet.dtype
+    added = None
+    if embeds.pooled is not None:
+        time_ids = sdxl_time_ids(image_size, noisy.shape[0], noisy.device, dtype)
+        added = {"text_embeds": embeds.pooled.to(dtype), "time_ids": time_ids}
+    return unet(
+        noisy.to(dtype), timesteps, encoder_hidden_states=embeds.sequence.to(dtype), added_cond_kwargs=added
+    ).sample

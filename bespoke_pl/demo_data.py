@@ -1,8 +1,11 @@
 """A deterministic demo data set of 24x24 CryptoPunk-style heads with captions, drawn in code.
 
 Each image comes with a caption built from the traits actually drawn, so a trained LoRA can be
-checked against known attributes. ``"demo:punks"`` names the cached copy wherever a data folder
-is expected.
+checked against known attributes. Two styles share the drawing and the captions and differ in the skin
+tones: ``base`` (the tones the pretrained tiny bases learned, :mod:`bespoke_pl.pretrain`) and ``neon``
+(saturated tones those bases never saw; the demo's training set, so what the LoRA learns is visible).
+``"demo:punks"`` names the cached neon set wherever a data folder is expected, ``"demo:base-punks"``
+the base-style set.
 """
 
 import logging
@@ -42,6 +45,18 @@ SKINS: dict[str, RGB] = {
     "alien": (200, 251, 251),
 }
 _SKIN_WEIGHTS = (3, 3, 3, 1, 1, 1)
+# The demo style: the same skin names in saturated tones, each at least 0.14 OKLab from every base skin
+# and 0.11 from every background, so a sample's face says which style drew it.
+NEON_SKINS: dict[str, RGB] = {
+    "light": (40, 225, 60),
+    "medium": (240, 40, 220),
+    "dark": (30, 30, 200),
+    "albino": (40, 240, 200),
+    "zombie": (240, 40, 90),
+    "alien": (200, 245, 50),
+}
+SKIN_TONES: dict[str, dict[str, RGB]] = {"base": SKINS, "neon": NEON_SKINS}
+STYLES = tuple(SKIN_TONES)
 HAIR_COLOURS: dict[str, RGB] = {
     "black": (40, 36, 36),
     "brown": (100, 60, 30),
@@ -198,13 +213,13 @@ def _hair_pixels(style: str, top: int, left: int, right: int, variant: int) -> s
     return set()
 
 
-def draw_punk(traits: PunkTraits) -> Image.Image:
-    """Draws the traits as a 24x24 opaque RGB image: a head and neck, no torso."""
+def draw_punk(traits: PunkTraits, style: str = "base") -> Image.Image:
+    """Draws the traits as a 24x24 opaque RGB image: a head and neck, no torso, in ``style``'s skin tones."""
     t = traits
     top, left, right, ear = (5, 7, 16, 6) if t.gender == "male" else (6, 8, 15, 7)
     canvas = np.empty((SIZE, SIZE, 3), np.uint8)
     canvas[:] = BACKGROUNDS[t.background]
-    skin = SKINS[t.skin]
+    skin = SKIN_TONES[style][t.skin]
     head = {(x, y) for y in range(SIZE) if (s := _span(y, top, left, right)) for x in range(s[0], s[1] + 1)}
     _fill(canvas, head | _rect(ear, ear, 10, 12), skin)
     canvas[20, 11:13] = _scale(skin, 0.7)  # shadow under the chin
@@ -240,15 +255,17 @@ def draw_punk(traits: PunkTraits) -> Image.Image:
     return Image.fromarray(canvas, "RGB")
 
 
-def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0) -> Path:
+def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0, style: str = "base") -> Path:
     """Writes ``punk_000.png`` + ``punk_000.txt`` ... into a new folder.
 
-    Image i depends only on (seed, i), so a smaller set is a prefix of a larger one.
+    Image i depends only on (seed, i), so a smaller set is a prefix of a larger one, and the two styles
+    of one seed draw the same punks with the same captions.
 
     Args:
         out: Folder to create; it must not exist or be empty.
         count: Number of image/caption pairs.
         seed: Seed for the traits; the same seed gives byte-identical files.
+        style: ``base`` or ``neon`` skin tones.
 
     Raises:
         FileExistsError: ``out`` is not empty.
@@ -256,23 +273,24 @@ def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0) -> Path:
     with atomic_folder(out) as tmp:
         for i in range(count):
             traits = sample_traits(random.Random(seed * 1_000_003 + i))
-            draw_punk(traits).save(tmp / f"punk_{i:03d}.png", format="PNG")
+            draw_punk(traits, style).save(tmp / f"punk_{i:03d}.png", format="PNG")
             (tmp / f"punk_{i:03d}.txt").write_text(caption(traits) + "\n", encoding="utf-8")
-    log.info("Wrote %d demo punks to %s", count, out)
+    log.info("Wrote %d %s-style demo punks to %s", count, style, out)
     return Path(out)
 
 
-def demo_dataset_path(cache_dir: str | Path | None = None, count: int = 48) -> Path:
-    """Returns the cached demo set ``<cache>/demo-punks-<count>``, writing it (seed 0) if missing.
+def demo_dataset_path(cache_dir: str | Path | None = None, count: int = 48, style: str = "neon") -> Path:
+    """Returns the cached demo set ``<cache>/demo-punks-<style>-<count>``, writing it (seed 0) if missing.
 
     Args:
         cache_dir: Cache folder; defaults to $BESPOKE_PL_CACHE, else ~/.cache/bespoke_pl.
         count: Number of image/caption pairs.
+        style: ``neon`` (the demo's training set) or ``base``.
     """
-    path = cache_root(cache_dir) / f"demo-punks-{count}"
+    path = cache_root(cache_dir) / f"demo-punks-{style}-{count}"
     if not (path.is_dir() and any(path.iterdir())):
         try:
-            write_demo_dataset(path, count=count)
+            write_demo_dataset(path, count=count, style=style)
         except FileExistsError:
             # Another process finished first; its folder is complete because it was renamed into place.
             if not any(path.iterdir()):
@@ -280,14 +298,19 @@ def demo_dataset_path(cache_dir: str | Path | None = None, count: int = 48) -> P
     return path
 
 
+DEMO_SETS = {"punks": "neon", "base-punks": "base"}
+
+
 def resolve_demo(spec: str) -> str | None:
-    """Returns the local folder for ``"demo:punks"``, or None for any other spec.
+    """Returns the local folder for ``"demo:punks"`` (neon) or ``"demo:base-punks"``, None for other specs.
 
     Raises:
         ValueError: The spec starts with ``"demo:"`` but names no known data set.
     """
     if not spec.startswith(DEMO_PREFIX):
         return None
-    if spec != DEMO_PREFIX + "punks":
-        raise ValueError(f"unknown demo data set {spec!r}; valid: {DEMO_PREFIX}punks")
-    return str(demo_dataset_path())
+    name = spec.removeprefix(DEMO_PREFIX)
+    if name not in DEMO_SETS:
+        valid = ", ".join(DEMO_PREFIX + n for n in DEMO_SETS)
+        raise ValueError(f"unknown demo data set {spec!r}; valid: {valid}")
+    return str(demo_dataset_path(style=DEMO_SETS[name]))

@@ -13,7 +13,7 @@ from torch import nn
 
 from bespoke_pl.base import BaseModel, load_base
 from bespoke_pl.cache import LatentCache, TextCache
-from bespoke_pl.conditioning import PromptEmbeds, encode_prompts, sdxl_time_ids
+from bespoke_pl.conditioning import PromptEmbeds, encode_prompts, predict_noise
 from bespoke_pl.devices import weight_dtype_for
 from bespoke_pl.diffusion import (
     add_noise,
@@ -228,17 +228,7 @@ class PixelLoRAModule(L.LightningModule):
             return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip).to(self.device)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
-        dtype = self.unet.dtype
-        added = None
-        if embeds.pooled is not None:
-            time_ids = sdxl_time_ids(self.image_size, noisy.shape[0], noisy.device, dtype)
-            added = {"text_embeds": embeds.pooled.to(dtype), "time_ids": time_ids}
-        return self.unet(
-            noisy.to(dtype),
-            timesteps,
-            encoder_hidden_states=embeds.sequence.to(dtype),
-            added_cond_kwargs=added,
-        ).sample
+        return predict_noise(self.unet, noisy, timesteps, embeds, self.image_size)
 
     # ------------------------------------------------------------------------------------- training
     def compute_loss(self, latents: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:

@@ -24,6 +24,10 @@ def fit_args(tmp_path, tiny, data, *extra) -> list[str]:
         "--trainer.enable_progress_bar", "false",
         "--sample.steps", "2",
         "--sample.num_prompts", "2",
+        # The demo's learning settings, off: these tests check the command line, not what is learned.
+        "--data.num_repeats", "1",
+        "--model.conv_rank", "null",
+        "--sample.sample_at_start", "false",
         *extra,
     ]  # fmt: skip
 

@@ -18,6 +18,7 @@ def test_ddp_fit_writes_one_set_of_files(tmp_path, tiny_sdxl, demo_data):
         "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
         "--sample.steps", "2", "--sample.num_prompts", "2",
+        "--data.num_repeats", "1", "--model.conv_rank", "null", "--sample.sample_at_start", "false",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -110,9 +110,14 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_cached_path_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BESPOKE_PL_CACHE", str(tmp_path))
     path = resolve_demo("demo:punks")
-    assert path == str(tmp_path / "demo-punks-48")
+    assert path == str(tmp_path / "demo-punks-neon-48")
     assert len(list(Path(path).glob("*.png"))) == 48
     assert demo_dataset_path(count=48) == Path(path)  # cached: no error about a non-empty folder
+    base = resolve_demo("demo:base-punks")
+    assert base == str(tmp_path / "demo-punks-base-48")
+    # The two styles draw the same punks with the same captions; only the skin differs.
+    assert (Path(base) / "punk_007.txt").read_text() == (Path(path) / "punk_007.txt").read_text()
+    assert (Path(base) / "punk_007.png").read_bytes() != (Path(path) / "punk_007.png").read_bytes()
     assert resolve_demo("data/punks") is None
-    with pytest.raises(ValueError, match="demo:punks"):
+    with pytest.raises(ValueError, match="demo:punks, demo:base-punks"):
         resolve_demo("demo:cats")

@@ -1,0 +1,89 @@
+"""The pretrained tiny bases: the recipe is reproducible, and the shipped weights really draw punks."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from bespoke_pl.base import BaseModelError, load_base, resolve_spec
+from bespoke_pl.cli import main
+from bespoke_pl.pretrain import pretrain_tiny_punks, punk_image, vae_report
+from bespoke_pl.tiny_punks import PRETRAINED_DIR, measure_base, tiny_punks_path
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*.safetensors"))
+    }
+
+
+def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(tmp_path):
+    steps = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
+    first = pretrain_tiny_punks("sdxl", tmp_path / "a", seed=5, **steps)
+    again = pretrain_tiny_punks("sdxl", tmp_path / "b", seed=5, **steps)
+    other = pretrain_tiny_punks("sdxl", tmp_path / "c", seed=6, **steps)
+    assert digests(first) == digests(again)
+    assert set(digests(first)) == {
+        f"{name}/{file}"
+        for name, file in [
+            ("unet", "diffusion_pytorch_model.safetensors"),
+            ("vae", "diffusion_pytorch_model.safetensors"),
+            ("text_encoder", "model.safetensors"),
+            ("text_encoder_2", "model.safetensors"),
+        ]
+    }
+    differ = {k for k in digests(first) if digests(first)[k] != digests(other)[k]}
+    assert {"unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"} <= differ
+    # The second family reuses the VAE as it is.
+    sd15 = pretrain_tiny_punks("sd15", tmp_path / "d", seed=5, unet_steps=2, batch_size=2, vae_from=first)
+    assert (
+        digests(sd15)["vae/diffusion_pytorch_model.safetensors"]
+        == digests(first)["vae/diffusion_pytorch_model.safetensors"]
+    )
+
+
+def test_shipped_bases_are_small_diffusers_folders_named_by_spec():
+    total = sum(p.stat().st_size for p in PRETRAINED_DIR.rglob("*") if p.is_file())
+    assert total <= 10_000_000
+    for family in ("sd15", "sdxl"):
+        assert resolve_spec(f"tiny-punks:{family}") == str(tiny_punks_path(family))
+        base = load_base(f"tiny-punks:{family}", family)
+        assert base.family == family and base.source == f"tiny-punks:{family}"
+    with pytest.raises(BaseModelError, match="valid: tiny-punks:sd15, tiny-punks:sdxl"):
+        resolve_spec("tiny-punks:sd3")
+
+
+def test_shipped_vae_round_trips_both_demo_styles():
+    vae = load_base("tiny-punks:sdxl").vae
+    for line in vae_report(vae):
+        exact = float(line.split("%")[0].split()[-1])
+        assert exact >= 98.0, line
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd15"])
+def test_shipped_base_draws_heads_on_the_prompted_background(family):
+    values = measure_base(f"tiny-punks:{family}")
+    assert values["silhouette_iou"] >= 0.8, values
+    assert values["torso_share"] == 0.0, values
+    assert values["grid_fidelity"] >= 0.9, values
+    assert values["background_match"] >= 0.8, values
+    assert values["base_share"] >= 0.8 and values["neon_share"] <= 0.1, values
+
+
+def test_pretrain_tiny_command_measures_a_base(capsys):
+    main(["pretrain-tiny", "--measure", "tiny-punks:sd15", "--threads", str(torch.get_num_threads())])
+    out = capsys.readouterr().out
+    assert out.startswith("tiny-punks:sd15, 16 samples: ") and "silhouette_iou=" in out
+
+
+def test_punk_image_is_the_demo_set_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bespoke_pl.demo_data import write_demo_dataset
+
+    folder = write_demo_dataset(tmp_path / "neon", count=3, style="neon")
+    saved = torch.from_numpy(np.array(Image.open(folder / "punk_002.png"))).permute(2, 0, 1)
+    assert torch.equal(punk_image(2, "neon"), saved)
