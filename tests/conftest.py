@@ -94,7 +94,8 @@ def trained_sdxl(tmp_path_factory, tiny_sdxl, demo_data) -> TrainedLoRA:
          "--data.batch_size", "2", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
          "--trainer.accelerator", "cpu",
          "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(root),
-         "--sample.every_n_epochs", "0", "--save_lora.save_dtype", "float32",
+         "--sample.every_n_epochs", "0", "--sample.sample_at_start", "false", "--data.num_repeats", "1",
+         "--save_lora.save_dtype", "float32",
          "--trainer.callbacks+=bespoke_pl.callbacks.SaveLoRAEveryEpoch",
          "--trainer.callbacks.output_name=demo-diffusers", "--trainer.callbacks.format=diffusers",
          "--trainer.callbacks.save_dtype=float32"]
