@@ -102,5 +102,4 @@ BROKEN = {
 def test_the_learning_check_fails_on_a_broken_trainer(tmp_path, monkeypatch, broken):
     BROKEN[broken](monkeypatch)
     values = train_on_neon(tmp_path, "sdxl")
-    print(broken, values)
     assert failures(values), f"a broken trainer passed the learning check: {values}"
