@@ -255,6 +255,11 @@ def draw_punk(traits: PunkTraits, style: str = "base") -> Image.Image:
     return Image.fromarray(canvas, "RGB")
 
 
+def demo_traits(index: int, seed: int = 0) -> PunkTraits:
+    """The traits of punk ``index`` of the demo set of ``seed``; it depends on nothing else."""
+    return sample_traits(random.Random(seed * 1_000_003 + index))
+
+
 def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0, style: str = "base") -> Path:
     """Writes ``punk_000.png`` + ``punk_000.txt`` ... into a new folder.
 
@@ -272,7 +277,7 @@ def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0, style: s
     """
     with atomic_folder(out) as tmp:
         for i in range(count):
-            traits = sample_traits(random.Random(seed * 1_000_003 + i))
+            traits = demo_traits(i, seed)
             draw_punk(traits, style).save(tmp / f"punk_{i:03d}.png", format="PNG")
             (tmp / f"punk_{i:03d}.txt").write_text(caption(traits) + "\n", encoding="utf-8")
     log.info("Wrote %d %s-style demo punks to %s", count, style, out)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bespoke_pl.conditioning import encode_prompts, predict_noise
-from bespoke_pl.demo_data import SIZE, STYLES, caption, draw_punk, sample_traits
+from bespoke_pl.demo_data import SIZE, STYLES, caption, demo_traits, draw_punk, sample_traits
 from bespoke_pl.diffusion import (
     add_noise,
     alphas_cumprod_from_config,
@@ -242,7 +242,7 @@ def vae_report(vae, count: int = 48) -> list[str]:
 
 def punk_image(index: int, style: str, seed: int = 0) -> torch.Tensor:
     """Demo punk ``index`` of the set ``write_demo_dataset(seed=seed, style=style)`` writes: uint8 (3, 24, 24)."""
-    traits = sample_traits(random.Random(seed * 1_000_003 + index))
+    traits = demo_traits(index, seed)
     return torch.from_numpy(np.array(draw_punk(traits, style))).permute(2, 0, 1)
 
 

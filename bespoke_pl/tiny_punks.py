@@ -9,7 +9,6 @@ base-style punks, so samples, metrics and tests of a LoRA trained on them mean s
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import torch
@@ -74,7 +73,7 @@ def measure_base(
     """
     from bespoke_pl.base import load_base
     from bespoke_pl.conditioning import encode_prompts
-    from bespoke_pl.demo_data import caption, sample_traits
+    from bespoke_pl.demo_data import caption, demo_traits
     from bespoke_pl.demo_style import demo_measures
     from bespoke_pl.metrics import PixelArtQuality
     from bespoke_pl.pixels import reduce_blocks
@@ -83,7 +82,7 @@ def measure_base(
 
     base = load_base(base_model)
     encoders = base.text_encoders
-    captions = [caption(sample_traits(random.Random(i))) for i in range(count)]
+    captions = [caption(demo_traits(i)) for i in range(count)]
     pipe = build_pipeline(
         base.family, base.unet, base.vae, base.tokenizers, encoders, base.scheduler_config, "euler"
     )
