@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,8 +52,12 @@ CLIP_SKIP = {"sd15": 1, "sdxl": 2}  # what the shipped configs train with
 def punk_batch(rng: random.Random, size: int, style: str = "base") -> tuple[torch.Tensor, list[str]]:
     """``size`` fresh punks: uint8 (B, 3, 24, 24) and their captions."""
     traits = [sample_traits(rng) for _ in range(size)]
-    images = np.stack([np.asarray(draw_punk(t, style)) for t in traits])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [caption(t) for t in traits]
+    return torch.stack([punk_tensor(t, style) for t in traits]), [caption(t) for t in traits]
+
+
+def punk_tensor(traits, style: str = "base") -> torch.Tensor:
+    """One drawn punk as uint8 (3, 24, 24)."""
+    return torch.from_numpy(np.array(draw_punk(traits, style))).permute(2, 0, 1)
 
 
 def random_art(rng: random.Random, size: int) -> torch.Tensor:
@@ -242,8 +247,7 @@ def vae_report(vae, count: int = 48) -> list[str]:
 
 def punk_image(index: int, style: str, seed: int = 0) -> torch.Tensor:
     """Demo punk ``index`` of the set ``write_demo_dataset(seed=seed, style=style)`` writes: uint8 (3, 24, 24)."""
-    traits = demo_traits(index, seed)
-    return torch.from_numpy(np.array(draw_punk(traits, style))).permute(2, 0, 1)
+    return punk_tensor(demo_traits(index, seed), style)
 
 
 def pretrain_tiny_punks(
@@ -294,12 +298,11 @@ def pretrain_tiny_punks(
             unet_steps, batch_size, seed + 2,
         )  # fmt: skip
         with atomic_folder(out) as tmp:
+            # The start's tokenizers, scheduler and index as they are; every trained part saved over its copy.
+            shutil.copytree(start, tmp, dirs_exist_ok=True)
             trained = {"unet": base.unet, "vae": vae, "text_encoder": base.text_encoders[0]}
             if family == "sdxl":
                 trained["text_encoder_2"] = base.text_encoders[1]
-            for item in start.iterdir():
-                if item.name not in trained:
-                    _copy(item, tmp / item.name)
             for name, module in trained.items():
                 module.save_pretrained(tmp / name, safe_serialization=True)
     total = time.perf_counter() - started
@@ -308,15 +311,6 @@ def pretrain_tiny_punks(
         family, total, vae_done - started, total - (vae_done - started), out,
     )  # fmt: skip
     return Path(out)
-
-
-def _copy(source: Path, target: Path) -> None:
-    import shutil
-
-    if source.is_dir():
-        shutil.copytree(source, target)
-    else:
-        shutil.copy2(source, target)
 
 
 def pretrain_command(

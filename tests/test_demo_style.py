@@ -1,20 +1,17 @@
 """The demo measures: which style drew a face, and whether the prompted background came out."""
 
-import random
-
-import numpy as np
 import pytest
 import torch
 
-from bespoke_pl.demo_data import BACKGROUNDS, NEON_SKINS, SKINS, caption, draw_punk, sample_traits
+from bespoke_pl.demo_data import BACKGROUNDS, NEON_SKINS, SKINS, caption, demo_traits
 from bespoke_pl.demo_style import background_matches, demo_measures, face_styles, prompted_background
 from bespoke_pl.palette import oklab
+from bespoke_pl.pretrain import punk_image
 
 
 def punks(style: str, count: int = 64) -> tuple[torch.Tensor, list[str]]:
-    traits = [sample_traits(random.Random(i)) for i in range(count)]
-    images = [torch.from_numpy(np.array(draw_punk(t, style))).permute(2, 0, 1) for t in traits]
-    return torch.stack(images), [caption(t) for t in traits]
+    images = torch.stack([punk_image(i, style) for i in range(count)])
+    return images, [caption(demo_traits(i)) for i in range(count)]
 
 
 @pytest.mark.parametrize("style", ["base", "neon"])
