@@ -2,7 +2,7 @@
 
     python -m benchmarks.lora_sizes            # from the repository root; no weights, no network
 
-The UNets and text encoders are built on the meta device from their published configs (``bespoke_pl.architectures``,
+The UNets and text encoders are built on the meta device from their published configs (``bespoke_pl.offline.architectures``,
 shared with tests/test_kohya.py), default LoRA targets are added, and the file is serialized for real: float16 matrices
 of the right shapes (zeros), float32 alphas, kohya names, so the byte counts include the safetensors header.
 "UNet+TE" uses the text-encoder layers bespoke_pl trains at the family's usual clip skip (SDXL 2: encoder 1's
@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save
 
-from bespoke_pl.architectures import real_text_encoders, real_unet
-from bespoke_pl.lora import add_lora, lora_weights, text_encoder_targets, unet_targets
-from bespoke_pl.lora_files import kohya_tensors
+from bespoke_pl.lora.files import kohya_tensors
+from bespoke_pl.lora.inject import add_lora, lora_weights, text_encoder_targets, unet_targets
+from bespoke_pl.offline.architectures import real_text_encoders, real_unet
 
 CLIP_SKIP = {"sd15": 1, "sdxl": 2}
 

@@ -37,7 +37,7 @@ def peak_memory_mb(device) -> float:
 
 def make_module(family: str, scale: int, real: bool, **kwargs):
     """The real module on the tiny model, or on the real architecture with random weights (``real``)."""
-    from bespoke_pl.module import PixelLoRAModule
+    from bespoke_pl.training.module import PixelLoRAModule
 
     clip_skip = 2 if family == "sdxl" else 1
     rank = 16 if real else 4
@@ -45,8 +45,7 @@ def make_module(family: str, scale: int, real: bool, **kwargs):
         f"tiny:{family}", pixel_scale=scale, rank=rank, alpha=rank, clip_skip=clip_skip, **kwargs
     )
     if real:
-        from bespoke_pl.architectures import real_base
-        from bespoke_pl.base import load_base
+        from bespoke_pl.diffusion.base import load_base, real_base
 
         module.attach_base(real_base(family, load_base(f"tiny:{family}").tokenizers))
     return module
@@ -57,8 +56,8 @@ def run_trainer(
 ) -> dict:
     import lightning as L
 
-    from bespoke_pl.data import PixelArtDataModule
-    from bespoke_pl.devices import default_precision
+    from bespoke_pl.data.datamodule import PixelArtDataModule
+    from bespoke_pl.diffusion.devices import default_precision
 
     stamps: list[float] = []
 
@@ -86,11 +85,11 @@ def run_bare(
     import torch
     import torch.nn.functional as F
 
-    from bespoke_pl.cache import LatentCache, TextCache
-    from bespoke_pl.conditioning import sdxl_time_ids
-    from bespoke_pl.data import load_pairs
-    from bespoke_pl.devices import weight_dtype_for
-    from bespoke_pl.lora import lora_parameters
+    from bespoke_pl.data.datamodule import load_pairs
+    from bespoke_pl.diffusion.conditioning import sdxl_time_ids
+    from bespoke_pl.diffusion.devices import weight_dtype_for
+    from bespoke_pl.lora.inject import lora_parameters
+    from bespoke_pl.training.cache import LatentCache, TextCache
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = make_module(family, scale, real)
@@ -165,7 +164,7 @@ def main() -> None:
         print(json.dumps(one(json.loads(args.one))))
         return
 
-    from bespoke_pl.demo_data import demo_dataset_path
+    from bespoke_pl.data.demo import demo_dataset_path
 
     data = str(demo_dataset_path())
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

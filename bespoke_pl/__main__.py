@@ -1,4 +1,4 @@
-from bespoke_pl.cli import main
+from bespoke_pl.commands.cli import main
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bespoke_pl.demo_data import write_demo_dataset
-from bespoke_pl.tiny import write_tiny_model
+from bespoke_pl.data.demo import write_demo_dataset
+from bespoke_pl.offline.tiny import write_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +54,9 @@ def trained_sd15(tmp_path_factory, tiny_sd15, demo_data) -> TrainedLoRA:
     """
     import lightning as L
 
-    from bespoke_pl.callbacks import SaveLoRAEveryEpoch
-    from bespoke_pl.data import PixelArtDataModule
-    from bespoke_pl.module import PixelLoRAModule
+    from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+    from bespoke_pl.data.datamodule import PixelArtDataModule
+    from bespoke_pl.training.module import PixelLoRAModule
 
     root = tmp_path_factory.mktemp("trained-sd15")
     module = PixelLoRAModule(
@@ -83,7 +83,7 @@ def trained_sdxl(tmp_path_factory, tiny_sdxl, demo_data) -> TrainedLoRA:
     """The demo config (configs/demo.yaml) through the CLI on the tiny SDXL model: one step of two images,
     with text-encoder and conv LoRA; kohya format from ``save_lora`` and a second, diffusers-format
     ``SaveLoRAEveryEpoch`` added on the command line."""
-    from bespoke_pl.cli import main
+    from bespoke_pl.commands.cli import main
 
     root = tmp_path_factory.mktemp("trained-sdxl")
     cli = main(
@@ -96,7 +96,7 @@ def trained_sdxl(tmp_path_factory, tiny_sdxl, demo_data) -> TrainedLoRA:
          "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(root),
          "--sample.every_n_epochs", "0", "--sample.sample_at_start", "false", "--data.num_repeats", "1",
          "--save_lora.save_dtype", "float32",
-         "--trainer.callbacks+=bespoke_pl.callbacks.SaveLoRAEveryEpoch",
+         "--trainer.callbacks+=bespoke_pl.callbacks.save_lora.SaveLoRAEveryEpoch",
          "--trainer.callbacks.output_name=demo-diffusers", "--trainer.callbacks.format=diffusers",
          "--trainer.callbacks.save_dtype=float32"]
     )  # fmt: skip

@@ -3,7 +3,7 @@
 No LDM-format checkpoint exists offline, so the tests build one from the tiny model to exercise
 ``load_base``'s single-file path (diffusers' ``from_single_file``) on real key names:
 
-* UNet under ``model.diffusion_model.``, in SGM/LDM block numbering (:func:`bespoke_pl.kohya.sgm_block_paths`)
+* UNet under ``model.diffusion_model.``, in SGM/LDM block numbering (:func:`bespoke_pl.lora.kohya.sgm_block_paths`)
   and LDM ResNet layer names (``in_layers.0`` is ``norm1``, ``out_layers.0`` is ``norm2``, ...).
 * VAE under ``first_stage_model.``: ``encoder.down.I.block.J``, ``decoder.up.I.block.J`` with the decoder's
   levels numbered from the bottom (diffusers' ``up_blocks.0`` is LDM's ``up.3``), ``mid.block_1``,
@@ -29,8 +29,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from bespoke_pl.base import family_of_folder
-from bespoke_pl.kohya import CLIP_ROOT, sgm_block_paths, sgm_module_path
+from bespoke_pl.diffusion.base import family_of_folder
+from bespoke_pl.lora.kohya import CLIP_ROOT, sgm_block_paths, sgm_module_path
 
 # ResNet and top-level layers that are no LoRA targets, so kohya.py's tables leave them out.
 _RESNET_NORMS = {"norm1": "in_layers.0", "norm2": "out_layers.0"}

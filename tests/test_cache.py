@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from bespoke_pl.cache import LatentCache, latent_cache_refusal, text_cache_refusal
-from bespoke_pl.data import PixelArtDataModule
-from bespoke_pl.module import PixelLoRAModule
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.training.cache import LatentCache, latent_cache_refusal, text_cache_refusal
+from bespoke_pl.training.module import PixelLoRAModule
 
 
 def fitted(tiny, data, max_steps=1, data_kwargs=None, **module_kwargs):

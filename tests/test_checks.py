@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from bespoke_pl.checks import count_tokens, scan_folder
-from bespoke_pl.cli import main
-from bespoke_pl.data import DatasetError, load_pairs
+from bespoke_pl.commands.cli import main
+from bespoke_pl.data.checks import count_tokens, scan_folder
+from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.errors import DatasetError
 
 CAPTION = "pixel art, 24x24, portrait of bespoke punk, male, blue background"
 LONG = ", ".join(f"tag{i} word" for i in range(40))  # far beyond 75 tokens

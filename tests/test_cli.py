@@ -8,7 +8,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from bespoke_pl.cli import main
+from bespoke_pl.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bespoke_pl.base import load_base
-from bespoke_pl.conditioning import encode_prompts, final_layer_norm, sdxl_time_ids, tokenize
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.diffusion.conditioning import encode_prompts, final_layer_norm, sdxl_time_ids, tokenize
 
 CAPTIONS = ["pixel art, 24x24, portrait of bespoke punk, mohawk", ""]
 

@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from bespoke_pl.contact_sheet import contact_sheet, read_epoch_rows
+from bespoke_pl.pixelart.contact_sheet import contact_sheet, read_epoch_rows
 
 
 def test_rows_come_from_the_epoch_folders_in_order(tmp_path):

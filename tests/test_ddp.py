@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_ddp_fit_writes_one_set_of_files(tmp_path, tiny_sdxl, demo_data):
     command = [
         sys.executable, "-m", "bespoke_pl", "fit",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bespoke_pl.demo_data import (
+from bespoke_pl.data.demo import (
     BACKGROUNDS,
     CAPTION_PREFIX,
     EMBER,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from bespoke_pl.diffusion import (
+from bespoke_pl.diffusion.objective import (
     add_noise,
     alphas_cumprod_from_config,
     diffusion_loss,

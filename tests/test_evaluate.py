@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bespoke_pl.cli import main
-from bespoke_pl.data import DatasetError, load_pairs
-from bespoke_pl.evaluate import evaluate
-from bespoke_pl.pixels import upscale_nearest
-from bespoke_pl.quality import bottom_widths, foreground_masks
+from bespoke_pl.commands.cli import main
+from bespoke_pl.commands.evaluate import evaluate
+from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.errors import DatasetError
+from bespoke_pl.pixelart.grid import upscale_nearest
+from bespoke_pl.pixelart.quality import bottom_widths, foreground_masks
 
 
 def save(image: torch.Tensor, path) -> None:

@@ -17,12 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bespoke_pl.callbacks import SaveLoRAEveryEpoch
-from bespoke_pl.cli import main
-from bespoke_pl.data import PixelArtDataModule
-from bespoke_pl.faults import AtomicCheckpointIO, OutputError
-from bespoke_pl.module import PixelLoRAModule
-from bespoke_pl.resume import RunCheckpoint
+from bespoke_pl.callbacks.faults import AtomicCheckpointIO
+from bespoke_pl.callbacks.resume import RunCheckpoint
+from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.commands.cli import main
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.errors import OutputError
+from bespoke_pl.training.module import PixelLoRAModule
 from tests.fault_hooks import fit_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ def reference(tmp_path_factory, tiny_sd15, demo_data) -> Path:
     return logs / "bespoke" / "version_0"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_same_command_with_ckpt_path_last(tmp_path, tiny_sd15, demo_data, reference):
     logs = tmp_path / "logs"
     command = fit_args(tiny_sd15, demo_data, logs, *FAST, *fault(4, "kill"))
@@ -230,9 +232,9 @@ def test_nan_weights_are_never_written(tmp_path, tiny_sd15, demo_data):
 
 
 def test_failed_writes_keep_the_previous_file(tmp_path, tiny_sd15, demo_data, monkeypatch):
-    import bespoke_pl.lora_files
+    import bespoke_pl.lora.files
 
-    save_file = bespoke_pl.lora_files.save_file
+    save_file = bespoke_pl.lora.files.save_file
     calls = []
 
     def disk_full_on_second(*args, **kwargs):
@@ -241,7 +243,7 @@ def test_failed_writes_keep_the_previous_file(tmp_path, tiny_sd15, demo_data, mo
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return save_file(*args, **kwargs)
 
-    monkeypatch.setattr(bespoke_pl.lora_files, "save_file", disk_full_on_second)
+    monkeypatch.setattr(bespoke_pl.lora.files, "save_file", disk_full_on_second)
     module = PixelLoRAModule(str(tiny_sd15), pixel_scale=1, rank=2)
     trainer = trainer_for(tmp_path, SaveLoRAEveryEpoch("punk"), max_epochs=3)
     with pytest.raises(OutputError) as raised:

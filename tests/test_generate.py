@@ -7,12 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from bespoke_pl.cli import main
-from bespoke_pl.devices import pick_device
-from bespoke_pl.generate import next_index, read_prompts
-from bespoke_pl.lora_loading import LoRAFileError, read_lora_file
-from bespoke_pl.lora_metadata import recorded_settings
-from bespoke_pl.pixels import palette_from_hex
+from bespoke_pl.commands.cli import main
+from bespoke_pl.commands.generate import next_index
+from bespoke_pl.data.prompts import read_prompts
+from bespoke_pl.diffusion.devices import pick_device
+from bespoke_pl.lora.loading import LoRAFileError, read_lora_file
+from bespoke_pl.lora.metadata import recorded_settings
+from bespoke_pl.pixelart.palette import palette_from_hex
 
 PROMPT = "pixel art, 24x24, portrait of bespoke punk, male, blue background"
 

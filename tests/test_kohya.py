@@ -9,10 +9,10 @@ process): SD 1.5 UNet 192 modules, 278 with conv_dim; SDXL 722, 788 with conv_di
 import pytest
 import torch
 
-from bespoke_pl.architectures import SDXL_UNET, real_text_encoders, real_unet
-from bespoke_pl.kohya import kohya_name, sgm_block_paths, sgm_module_path, text_encoder_name
-from bespoke_pl.lora import add_lora, lora_weights, text_encoder_targets, unet_targets
-from bespoke_pl.lora_files import kohya_tensors
+from bespoke_pl.lora.files import kohya_tensors
+from bespoke_pl.lora.inject import add_lora, lora_weights, text_encoder_targets, unet_targets
+from bespoke_pl.lora.kohya import kohya_name, sgm_block_paths, sgm_module_path, text_encoder_name
+from bespoke_pl.offline.architectures import SDXL_UNET, real_text_encoders, real_unet
 
 # kohya name -> (lora_down shape, lora_up shape) at rank 16 / conv rank 8
 KNOWN = {

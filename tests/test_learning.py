@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bespoke_pl.cli import main
-from bespoke_pl.demo_data import write_demo_dataset
+from bespoke_pl.commands.cli import main
+from bespoke_pl.data.demo import write_demo_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP_SKIP = {"sdxl": "2", "sd15": "1"}
@@ -52,6 +52,7 @@ def failures(values: dict[str, list[float]]) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sdxl", "sd15"])
 def test_a_lora_teaches_the_pretrained_base_the_demo_style(tmp_path, family):
     values = train_on_neon(tmp_path, family)
@@ -59,12 +60,12 @@ def test_a_lora_teaches_the_pretrained_base_the_demo_style(tmp_path, family):
 
 
 def _targets_are_the_latents(monkeypatch):
-    monkeypatch.setattr("bespoke_pl.module.training_target", lambda latents, *args: latents)
+    monkeypatch.setattr("bespoke_pl.training.module.training_target", lambda latents, *args: latents)
 
 
 def _text_conditioning_zeroed(monkeypatch):
-    from bespoke_pl.conditioning import PromptEmbeds
-    from bespoke_pl.module import PixelLoRAModule
+    from bespoke_pl.diffusion.conditioning import PromptEmbeds
+    from bespoke_pl.training.module import PixelLoRAModule
 
     compute_loss = PixelLoRAModule.compute_loss
 
@@ -76,9 +77,9 @@ def _text_conditioning_zeroed(monkeypatch):
 
 
 def _lora_scale_zero(monkeypatch):
-    import bespoke_pl.module
+    import bespoke_pl.training.module
 
-    add_lora = bespoke_pl.module.add_lora
+    add_lora = bespoke_pl.training.module.add_lora
 
     def unscaled(model, *args, **kwargs):
         add_lora(model, *args, **kwargs)
@@ -88,7 +89,7 @@ def _lora_scale_zero(monkeypatch):
                 layer.lora_alpha = dict.fromkeys(layer.lora_alpha, 0.0)
                 layer.scaling = dict.fromkeys(layer.scaling, 0.0)
 
-    monkeypatch.setattr(bespoke_pl.module, "add_lora", unscaled)
+    monkeypatch.setattr(bespoke_pl.training.module, "add_lora", unscaled)
 
 
 BROKEN = {
@@ -98,6 +99,7 @@ BROKEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", BROKEN)
 def test_the_learning_check_fails_on_a_broken_trainer(tmp_path, monkeypatch, broken):
     BROKEN[broken](monkeypatch)

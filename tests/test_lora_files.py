@@ -15,10 +15,10 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
-from bespoke_pl.base import load_base
-from bespoke_pl.lora import lora_weights
-from bespoke_pl.lora_loading import apply_lora, read_lora_file
-from bespoke_pl.pixels import palette_of, palette_to_hex
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.lora.inject import lora_weights
+from bespoke_pl.lora.loading import apply_lora, read_lora_file
+from bespoke_pl.pixelart.palette import palette_of, palette_to_hex
 
 TOLERANCE = 1e-5  # float32 files: only summation order differs
 MIN_EFFECT = 1e-2  # how far the trained LoRA moves the outputs at the least; far above TOLERANCE
@@ -193,7 +193,7 @@ def test_atomic_write_leaves_a_readable_file_and_no_temporary(tmp_path):
 
     from safetensors.torch import load_file
 
-    from bespoke_pl.lora_files import atomic_save_safetensors
+    from bespoke_pl.lora.files import atomic_save_safetensors
 
     umask = os.umask(0o022)
     try:

@@ -6,12 +6,12 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bespoke_pl.base import load_base
-from bespoke_pl.callbacks import SaveLoRAEveryEpoch
-from bespoke_pl.lora import add_lora, lora_weights, unet_targets
-from bespoke_pl.lora_files import save_lora_file
-from bespoke_pl.lora_loading import LoRAFileError, apply_lora, read_lora_file
-from bespoke_pl.module import PixelLoRAModule
+from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.lora.files import save_lora_file
+from bespoke_pl.lora.inject import add_lora, lora_weights, unet_targets
+from bespoke_pl.lora.loading import LoRAFileError, apply_lora, read_lora_file
+from bespoke_pl.training.module import PixelLoRAModule
 
 
 def unet_output(unet) -> torch.Tensor:

@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from test_palette import blur, decoded_like
+from synthetic import blur, decoded_like
 
-from bespoke_pl.data import load_pairs
-from bespoke_pl.kid import PixelKID
-from bespoke_pl.metrics import (
+from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.pixelart.grid import upscale_nearest
+from bespoke_pl.pixelart.kid import PixelKID
+from bespoke_pl.pixelart.metrics import (
     ColourCount,
     GridFidelity,
     HeadShape,
@@ -14,8 +15,8 @@ from bespoke_pl.metrics import (
     PaletteAdherence,
     PixelArtQuality,
 )
-from bespoke_pl.pixels import palette_of, upscale_nearest
-from bespoke_pl.quality import background_colours, foreground_masks
+from bespoke_pl.pixelart.palette import palette_of
+from bespoke_pl.pixelart.quality import background_colours, foreground_masks
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +135,7 @@ def test_states_are_sums_so_processes_merge(punks):
     whole.update(punks)
     first.update(punks[:7])
     second.update(punks[7:])
-    assert set(first._reductions) == set(HeadShape.sums)
+    assert set(first._reductions) == {*HeadShape.keys, "images"}
     assert all(fn.__name__ in ("dim_zero_sum", "sum") for fn in first._reductions.values())
     first.merge_state(second)  # what a sync across processes does with the states
     assert values(first) == values(whole)
@@ -161,7 +162,7 @@ def test_kid_ranks_training_like_images_before_torsos_before_noise(demo_data):
 
 def test_quality_collection_on_raw_images(punks):
     quality = PixelArtQuality(punks, pixel_scale=8, prefix="quality/raw/", kid=True)
-    quality.update(upscale_nearest(punks[:8], 8))
+    quality.update(punks[:8], raw=upscale_nearest(punks[:8], 8))
     result = values(quality)
     assert result["quality/raw/grid_fidelity"] == 1 and result["quality/raw/exact_copies"] == 1
     assert result["quality/raw/palette_share"] == 1 and result["quality/raw/torso_share"] == 0
@@ -178,3 +179,19 @@ def test_quality_collection_on_raw_images(punks):
     assert "grid_fidelity" not in values(art) and values(art)["colours"] == pytest.approx(
         float(sum(len(palette_of(p[None])) for p in punks[:4]) / 4)
     )
+
+
+def test_per_image_values_are_what_the_means_are_made_of(punks):
+    torso = punks[:4].clone()
+    torso[:, :, -5:, 4:20] = torch.tensor([219, 177, 128], dtype=torch.uint8).view(1, 3, 1, 1)
+    art = torch.cat([punks[4:8], torso])
+    raw = decoded_like(art, 4, noise=3.0, sigma=0.6)
+    quality = PixelArtQuality(punks, pixel_scale=4)
+    columns = quality.measure(art, raw=raw)
+    assert all(len(column) == 8 for column in columns.values())
+    assert columns["torso_share"].tolist() == [False] * 4 + [True] * 4
+    assert columns["exact_copies"][:4].all() and punks[columns["nearest"][:4]].equal(punks[4:8])
+    for name, mean in quality.compute().items():
+        assert float(mean) == pytest.approx(float(columns[name].double().mean()), abs=1e-6), name
+    with pytest.raises(ValueError, match="needs the raw images"):
+        quality.update(art)

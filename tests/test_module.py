@@ -9,10 +9,10 @@ from diffusers import UNet2DConditionModel
 from lightning.pytorch.callbacks import ModelCheckpoint
 from safetensors.torch import load_file
 
-from bespoke_pl.base import BaseModelError
-from bespoke_pl.callbacks import SaveLoRAEveryEpoch
-from bespoke_pl.data import PixelArtDataModule
-from bespoke_pl.module import PixelLoRAModule
+from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.errors import BaseModelError
+from bespoke_pl.training.module import PixelLoRAModule
 
 
 def make_trainer(root: Path, callbacks=(), **kwargs) -> L.Trainer:

@@ -1,28 +1,11 @@
 """OKLab, palette lock and snapping decoded images back onto the art grid."""
 
 import torch
-import torch.nn.functional as F
+from synthetic import decoded_like
 
-from bespoke_pl.data import load_pairs
-from bespoke_pl.palette import nearest_in_palette, oklab, palette_lock, snap_and_lock
-from bespoke_pl.pixels import palette_of, reduce_blocks, upscale_nearest
-
-
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of uint8 images -> float, edges replicated."""
-    t = torch.arange(-2, 3, dtype=torch.float32)
-    kernel = torch.exp(-(t**2) / (2 * sigma**2))
-    kernel /= kernel.sum()
-    x = F.pad(images.float(), (2, 2, 2, 2), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, 5).repeat(3, 1, 1, 1), groups=3)
-    return F.conv2d(x, kernel.view(1, 1, 5, 1).repeat(3, 1, 1, 1), groups=3)
-
-
-def decoded_like(art: torch.Tensor, k: int, noise: float, sigma: float, seed: int = 0) -> torch.Tensor:
-    """What a VAE gives back, roughly: the upscaled art, slightly blurred, plus noise on every pixel."""
-    g = torch.Generator().manual_seed(seed)
-    big = blur(upscale_nearest(art, k), sigma)
-    return (big + torch.randn(big.shape, generator=g) * noise).clamp(0, 255).round().to(torch.uint8)
+from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.pixelart.grid import reduce_blocks, upscale_nearest
+from bespoke_pl.pixelart.palette import nearest_in_palette, oklab, palette_lock, palette_of, snap_and_lock
 
 
 def separated_palette(n: int, min_distance: float, seed: int = 0) -> torch.Tensor:

@@ -1,16 +1,8 @@
 import torch
 
-from bespoke_pl.pixels import (
-    image_grid,
-    palette_from_hex,
-    palette_of,
-    palette_to_hex,
-    reduce_blocks,
-    to_model_range,
-    to_uint8,
-    upscale_nearest,
-)
-from bespoke_pl.quality import colour_counts
+from bespoke_pl.pixelart.grid import image_grid, reduce_blocks, to_model_range, to_uint8, upscale_nearest
+from bespoke_pl.pixelart.palette import palette_from_hex, palette_of, palette_to_hex
+from bespoke_pl.pixelart.quality import colour_counts
 
 
 def test_uint8_float_round_trip_is_exact_for_every_level():

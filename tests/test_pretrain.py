@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bespoke_pl.base import BaseModelError, load_base, resolve_spec
-from bespoke_pl.cli import main
-from bespoke_pl.pretrain import pretrain_tiny_punks, punk_image, vae_report
-from bespoke_pl.tiny_punks import PRETRAINED_DIR, measure_base, tiny_punks_path
+from bespoke_pl.commands.cli import main
+from bespoke_pl.diffusion.base import load_base, resolve_spec
+from bespoke_pl.errors import BaseModelError
+from bespoke_pl.offline.pretrained import PRETRAINED_DIR, tiny_punks_path
+from bespoke_pl.training.measure import measure_base
+from bespoke_pl.training.pretrain import pretrain_tiny_punks, punk_image, vae_report
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -83,7 +85,7 @@ def test_punk_image_is_the_demo_set_image(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from bespoke_pl.demo_data import write_demo_dataset
+    from bespoke_pl.data.demo import write_demo_dataset
 
     folder = write_demo_dataset(tmp_path / "neon", count=3, style="neon")
     saved = torch.from_numpy(np.array(Image.open(folder / "punk_002.png"))).permute(2, 0, 1)

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from bespoke_pl.cli import main
-from bespoke_pl.data import load_pairs
-from bespoke_pl.roundtrip import vae_round_trip
+from bespoke_pl.commands.cli import main
+from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.pixelart.roundtrip import vae_round_trip
 
 
 class LosslessVAE(nn.Module):

@@ -14,7 +14,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from bespoke_pl.base import BaseModelError, load_base
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.errors import BaseModelError
 from tests.ldm_checkpoint import ldm_state_dict
 
 

@@ -14,8 +14,8 @@ from diffusers import (
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from bespoke_pl import tiny
-from bespoke_pl.tiny import resolve_tiny, tiny_model_path, write_tiny_model
+from bespoke_pl.offline import tiny
+from bespoke_pl.offline.tiny import resolve_tiny, tiny_model_path, write_tiny_model
 
 CAPTION = (
     "pixel art, 24x24, portrait of bespoke punk, male, light skin, blue background, red mohawk, sunglasses"

@@ -1,0 +1,104 @@
+"""The LoRA after every epoch, as ``NAME-000001.safetensors`` ... in kohya's (or diffusers') format."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+
+from bespoke_pl.callbacks.faults import write_failure
+from bespoke_pl.callbacks.run_folder import check_run_folder, run_dir
+from bespoke_pl.data.datamodule import training_pairs
+from bespoke_pl.errors import OutputError
+from bespoke_pl.lora.files import save_lora_file
+from bespoke_pl.lora.inject import lora_weights
+from bespoke_pl.lora.metadata import training_metadata
+
+log = logging.getLogger(__name__)
+
+
+class SaveLoRAEveryEpoch(L.Callback):
+    """Write the LoRA after every epoch as ``{output_name}-{epoch:06d}.safetensors`` (epochs from 1).
+
+    Args:
+        output_name: File name stem of the LoRA files.
+        save_dtype: Dtype of the saved weights (float16 halves the file; training stays float32).
+        every_n_epochs: Save every N epochs (the last epoch is always saved).
+        format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load) or
+            ``diffusers`` (diffusers/PEFT naming for ``load_lora_weights``; the only one that holds DoRA).
+    """
+
+    def __init__(
+        self,
+        output_name: str = "bespoke",
+        save_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+        every_n_epochs: int = 1,
+        format: Literal["kohya", "diffusers"] = "kohya",
+    ) -> None:
+        self.output_name = output_name
+        self.save_dtype = save_dtype
+        self.every_n_epochs = every_n_epochs
+        self.format = format
+        self.started = time.time()
+        self.session_id = random.randint(0, 2**31 - 1)  # kohya's ss_session_id: which run a file came from
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.run_dir = run_dir(trainer)
+
+    def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
+        return self.run_dir / f"{self.output_name}-{epoch:06d}.safetensors"
+
+    def free_path_for(self, trainer: L.Trainer, epoch: int) -> Path:
+        """``path_for``, or ``...-000003-1.safetensors`` etc. if taken: a finished file is never replaced.
+
+        It can exist when a run resumes from a checkpoint older than an epoch's file (an explicit older
+        ``--ckpt_path``, or a kill between the file and the epoch-end checkpoint).
+        """
+        path = self.path_for(trainer, epoch)
+        n = 0
+        while path.exists():
+            n += 1
+            path = path.with_name(f"{self.output_name}-{epoch:06d}-{n}.safetensors")
+        if n:
+            log.warning("%s exists; keeping it and writing %s", self.path_for(trainer, epoch).name, path.name)
+        return path
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Refuse before training, not after the first epoch's compute.
+        if self.format == "kohya" and pl_module.hparams.get("use_dora"):
+            raise ValueError(
+                "kohya's LoRA format cannot hold DoRA (use_dora: true); set --save_lora.format diffusers"
+            )
+        if trainer.is_global_zero:
+            check_run_folder(self.run_dir, resuming=trainer.ckpt_path is not None)
+
+    def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
+        pairs = training_pairs(trainer)
+        return training_metadata(
+            trainer, module, self.output_name, epoch, self.started, self.session_id, pairs
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if epoch % self.every_n_epochs and not last:
+            return
+        if trainer.is_global_zero:
+            path = self.free_path_for(trainer, epoch)
+            parts = {name: lora_weights(model) for name, model in pl_module.lora_components().items()}
+            metadata = self.metadata(trainer, pl_module, epoch)
+            dtype = getattr(torch, self.save_dtype)
+            try:
+                save_lora_file(
+                    path, parts, pl_module.family, pl_module.unet.config, metadata, self.format, dtype
+                )
+            except (OSError, FloatingPointError) as error:  # disk full, no permission, diverged weights
+                earlier = sorted(self.run_dir.glob(f"{self.output_name}-*.safetensors"))
+                raise OutputError(write_failure(path, error, earlier)) from error
+            log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
+        trainer.strategy.barrier("save_lora")

@@ -1,0 +1,3 @@
+"""The command line, one module per subcommand: ``fit`` (LightningCLI), ``generate``, ``evaluate``,
+``roundtrip``, ``check-data``, ``tiny`` and ``pretrain-tiny``.
+"""

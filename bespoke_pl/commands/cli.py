@@ -1,0 +1,199 @@
+"""The command line: LightningCLI for ``fit`` and the dispatch to the other subcommands' modules.
+
+``main(args=None)`` takes an argument list so tests run the real CLI in-process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from bespoke_pl.callbacks.resume import RunCheckpoint
+from bespoke_pl.callbacks.roundtrip import RoundTripCheck
+from bespoke_pl.callbacks.run_folder import check_run_folder
+from bespoke_pl.callbacks.samples import SampleImages
+from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.diffusion.devices import default_precision
+from bespoke_pl.errors import BaseModelError, ConfigError, DatasetError, OutputError, RunInterrupted
+from bespoke_pl.training.module import PixelLoRAModule
+from bespoke_pl.training.preflight import check_base, check_options
+
+log = logging.getLogger("bespoke_pl")
+
+TRAINER_DEFAULTS = {
+    "max_epochs": 3,
+    "precision": None,  # chosen per device in before_instantiate_classes
+    "log_every_n_steps": 1,
+    "num_sanity_val_steps": 0,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "logs", "name": "bespoke"},
+    },
+}
+
+
+def find_last_checkpoint(save_dir: Path, name: str) -> Path | None:
+    """The newest ``last.ckpt`` among the runs ``save_dir/name/version_*``."""
+    # is_file: a save_last="link" symlink whose target is gone does not count
+    candidates = [p for p in (save_dir / name).glob("*/checkpoints/last*.ckpt") if p.is_file()]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def one_line(message: str) -> str:
+    """A parser message on one line, with ``<class 'int'>`` written ``int``."""
+    return re.sub(r"<class '([\w.]+)'>", r"\1", " ".join(part.strip() for part in message.splitlines()))
+
+
+def _tokenizer_source(base_config: str | None, base_model: str) -> str:
+    return base_config or base_model
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Unknown keys and wrong types as one ``error:`` line, not a usage listing of every option."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        command = parser.prog.split()[-1] if " " in parser.prog else ""
+        help_command = " ".join(["python -m bespoke_pl", command, "--help"]).replace("  ", " ")
+        sys.stderr.write(f"error: {one_line(message)} (options: {help_command})\n")
+        self.exit(2)
+
+
+class BespokeCLI(LightningCLI):
+    """``fit`` with the project's callbacks as first-class sections (``--save_lora.*``, ``--sample.*``)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(SaveLoRAEveryEpoch, "save_lora")
+        parser.add_lightning_class_args(SampleImages, "sample")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(RoundTripCheck, "roundtrip")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "epoch{epoch:04d}-step{step:06d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "lr_monitor.logging_interval": "step",
+            }
+        )
+        # The art's side is a data fact; the model needs it for SDXL's size ids and the sample size.
+        parser.link_arguments("data.resolution", "model.resolution")
+        # The captions are measured with the base model's own tokenizer (a single file has none: its config).
+        parser.link_arguments(
+            ("model.base_config", "model.base_model"), "data.tokenizer_from", compute_fn=_tokenizer_source
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if trainer.precision is None:
+            trainer.precision = default_precision(trainer.accelerator)
+        if self.subcommand == "fit":
+            check_options(config)
+            if config.get("ckpt_path") == "last":
+                self._resume_last(config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # a class refused its arguments: a configuration mistake
+            if isinstance(error, (DatasetError, BaseModelError)):
+                raise
+            raise ConfigError(str(error)) from error
+
+    def before_fit(self) -> None:
+        """Everything that can be checked without the model's weights, before they are loaded."""
+        model = self.model.hparams
+        if isinstance(self.datamodule, PixelArtDataModule):
+            self.datamodule.load()  # the data's errors first: they are the user's to fix before anything else
+        check_base(model.base_model, model.family)
+        check_run_folder(Path(self.trainer.log_dir), resuming=self.config.fit.get("ckpt_path") is not None)
+
+    def _resume_last(self, config) -> None:
+        """Make ``--ckpt_path last`` find the newest run's checkpoint and continue in that run's folder.
+
+        Lightning alone looks only in the new run's (empty) version folder and would start from scratch.
+        """
+        logger = config.trainer.logger
+        init = logger.init_args if logger and hasattr(logger, "init_args") else None
+        if init is None:
+            return
+        found = find_last_checkpoint(Path(init.save_dir), init.name or "")
+        if found is None:
+            log.warning(
+                "--ckpt_path last: no checkpoint under %s/%s; starting a new run", init.save_dir, init.name
+            )
+            config.ckpt_path = None
+            return
+        init.version = found.parent.parent.name
+        config.ckpt_path = str(found)
+        log.info("resuming %s in %s", found, found.parent.parent)
+
+
+# Each subcommand's module has ``command(argv)``; imported on use, so ``fit`` starts without them.
+COMMANDS: dict[str, str] = {
+    "tiny": "bespoke_pl.commands.tiny",
+    "pretrain-tiny": "bespoke_pl.commands.pretrain",
+    "generate": "bespoke_pl.commands.generate",
+    "evaluate": "bespoke_pl.commands.evaluate",
+    "roundtrip": "bespoke_pl.commands.roundtrip",
+    "check-data": "bespoke_pl.commands.check_data",
+}
+CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, MisconfigurationException)
+RUN_FAULTS = (FloatingPointError, OutputError)
+
+
+def _fail(prefix: str, error: BaseException, code: int) -> None:
+    message = str(error) if isinstance(error, DatasetError) else one_line(str(error))
+    sys.stderr.write(f"{prefix}: {message}\n")
+    if getattr(error, "kept", None):
+        sys.stderr.write(f"{error.kept}\n")
+    raise SystemExit(code) from error
+
+
+def main(args: list[str] | None = None) -> BespokeCLI | None:
+    """Run a command; known mistakes and faults end in a short message and an exit status, not a traceback.
+
+    Exit status 2: bad configuration or data (nothing was trained). 1: the run failed (NaN loss, a file
+    that could not be written). 130/143: stopped by SIGINT/SIGTERM after saving a checkpoint.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The frozen base stays in eval mode on purpose (no dropout/norm updates); Lightning warns about it.
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    if args is not None:  # called from Python (tests, notebooks): sys.argv is not ours to compare with
+        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    try:
+        if argv and argv[0] in COMMANDS:
+            importlib.import_module(COMMANDS[argv[0]]).command(argv[1:])
+            return None
+        if not argv or argv[0] in ("-h", "--help"):
+            print("extra commands: " + ", ".join(f"{name} (see '{name} --help')" for name in COMMANDS))
+        return BespokeCLI(
+            PixelLoRAModule,
+            PixelArtDataModule,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=42,
+            args=None if args is None else argv,  # None reads sys.argv (LightningCLI warns when given both)
+            parser_kwargs={"default_env": False, "prog": "python -m bespoke_pl"},
+            parser_class=OneLineErrorParser,
+        )
+    except CONFIG_ERRORS as error:
+        _fail("error", error, 2)
+    except RunInterrupted as error:
+        _fail("stopped", error, error.exit_code)
+    except RUN_FAULTS as error:
+        _fail("error", error, 1)
+    return None

@@ -1,0 +1,89 @@
+"""``python -m bespoke_pl roundtrip``: the training set through the VAE at several pixel scales.
+
+If the round trip already loses pixels at some k, no amount of training brings them back; this compares
+k before a run (``fit`` checks the run's own k, :mod:`bespoke_pl.callbacks.roundtrip`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from torch import nn
+
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.diffusion.base import load_base, resolve_spec
+from bespoke_pl.diffusion.devices import pick_device
+from bespoke_pl.pixelart.palette import palette_of
+from bespoke_pl.pixelart.roundtrip import RoundTrip, vae_round_trip
+
+log = logging.getLogger(__name__)
+
+
+def load_vae(base_model: str, base_config: str | None = None) -> nn.Module:
+    """Only the VAE of a base model (a folder or hub id), or the whole base for a single file."""
+    from diffusers import AutoencoderKL
+
+    source = Path(resolve_spec(base_model)).expanduser()
+    if source.is_file():
+        return load_base(base_model, "auto", base_config).vae.float()
+    vae = AutoencoderKL.from_pretrained(str(source) if source.is_dir() else base_model, subfolder="vae")
+    return vae.float().requires_grad_(False).eval()
+
+
+def roundtrip(
+    base_model: str,
+    data_root: str,
+    scales: list[int] | None = None,
+    base_config: str | None = None,
+    resolution: int = 24,
+    background: str | None = None,
+    max_images: int = 0,
+    batch_size: int = 8,
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto",
+) -> list[RoundTrip]:
+    """Round-trip the training images through the base model's VAE at each pixel scale.
+
+    Args:
+        base_model: Hub id, local diffusers folder, single file, or ``tiny:sd15`` / ``tiny:sdxl``.
+        data_root: The training folder (or ``demo:punks``).
+        scales: Pixel scales k to try (default 1 8 16).
+        base_config: For a single-file base: where to read component configs from.
+        resolution: Side of the training images.
+        background: Colour under transparent pixels (as for training).
+        max_images: Round-trip only the first N images; 0: all.
+        batch_size: Images per VAE call.
+        device: ``auto`` (CUDA, else Apple MPS, else CPU), ``cuda``, ``mps`` or ``cpu``.
+    """
+    data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
+    images = data.load().images
+    images = images[:max_images] if max_images > 0 else images
+    vae = load_vae(base_model, base_config).to(pick_device(device))
+    palette = palette_of(images)
+    results = []
+    for k in scales or [1, 8, 16]:
+        result = vae_round_trip(vae, images, k, palette, batch_size)
+        log.info("VAE round trip %s", result.line())
+        results.append(result)
+    return results
+
+
+def join_list_values(argv: list[str], flag: str) -> list[str]:
+    """Let ``--scales 1 8 16`` mean ``--scales [1,8,16]`` (jsonargparse takes one value per flag)."""
+    if flag not in argv:
+        return argv
+    start = argv.index(flag) + 1
+    end = start
+    while end < len(argv) and not argv[end].startswith("--"):
+        end += 1
+    if end - start <= 1:
+        return argv
+    return argv[:start] + [f"[{','.join(argv[start:end])}]"] + argv[end:]
+
+
+def command(argv: list[str]) -> None:
+    from jsonargparse import CLI
+
+    results = CLI(roundtrip, args=join_list_values(argv, "--scales"), as_positional=False)
+    print("\n".join(result.line() for result in results))

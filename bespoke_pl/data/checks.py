@@ -1,0 +1,262 @@
+"""The rules a training folder must meet, checked in one pass that reports every problem at once.
+
+``scan_folder`` reads a folder of PNGs and captions, decodes what is usable and collects findings: errors
+(the run cannot use the folder as it is) and warnings (it can, but something is probably not what the user
+meant). ``data.load_pairs`` raises on errors, so training and ``python -m bespoke_pl check-data`` apply the
+same rules; the summary (colours, caption lengths, tags) is for ``check-data``.
+
+Decisions, and why:
+- Other image formats (``.jpg``, ``.webp``, ...) are errors: they look like training data that would be
+  skipped silently, and lossy formats do not keep pixel art's exact colours. Other files (notes, ``.json``)
+  are warnings: nobody mistakes them for training data. Hidden files (``.DS_Store``) are ignored.
+- Grayscale images are accepted with a warning: grey maps to RGB exactly, but one grey image in a colour
+  set is more often a wrong export than a choice.
+- 16-bit images are errors: Pillow would cut them to 8 bits, changing colours without a word.
+- Transparency (alpha, or a palette/colour key that some pixel really uses) needs ``background``; blending
+  semi-transparent pixels onto it makes colours the art did not have, which is a warning.
+- Captions longer than the text encoder's 77 tokens are warnings naming the part that is cut.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bespoke_pl.data.report import CLIP_MAX_LENGTH, DataReport
+
+log = logging.getLogger(__name__)
+
+OTHER_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# CLIP's pre-tokenizer splits letters runs, single digits and punctuation runs; each is about one token.
+_CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
+
+
+@dataclass
+class FolderScan:
+    """The usable pairs of a folder (in file-name order) and the report on all of it."""
+
+    report: DataReport
+    paths: list[Path] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)  # each (H, W, 3) uint8
+    captions: list[str] = field(default_factory=list)
+
+
+def count_tokens(caption: str, tokenizer=None) -> tuple[int, str]:
+    """Tokens of a caption without start/end tokens, and the text past the encoder's limit ('' if none).
+
+    Args:
+        caption: The caption text.
+        tokenizer: A Hugging Face CLIP tokenizer (the base model's); unset: a CLIP-like estimate.
+    """
+    if tokenizer is not None:
+        limit = min(tokenizer.model_max_length, 1_000_000) - 2
+        ids = tokenizer(caption, add_special_tokens=False, truncation=False)["input_ids"]
+        return len(ids), tokenizer.decode(ids[limit:]).strip() if len(ids) > limit else ""
+    limit = CLIP_MAX_LENGTH - 2
+    pieces = list(_CLIP_PIECES.finditer(caption))
+    # CLIP's 49k vocabulary holds most words whole; count an extra token per 8 letters past 12.
+    costs = [1 + max(0, len(m.group()) - 5) // 8 if m.group()[0].isalpha() else 1 for m in pieces]
+    total, cut_at = 0, None
+    for match, cost in zip(pieces, costs, strict=True):
+        total += cost
+        if total > limit and cut_at is None:
+            cut_at = match.start()
+    return total, caption[cut_at:].strip() if cut_at is not None else ""
+
+
+def png_bit_depth(path: Path) -> int | None:
+    """Bits per channel from a PNG's header (IHDR), or None if the file does not start like a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def alpha_of(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel (H, W) uint8 of an image that can be transparent, else None."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8)[..., 3]
+    return None
+
+
+def composite(
+    image: Image.Image, alpha: np.ndarray | None, background: tuple[int, int, int] | None
+) -> np.ndarray:
+    """Exact RGB uint8 (H, W, 3); transparent pixels are blended onto ``background`` with integer rounding."""
+    if alpha is None:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # via RGBA: Pillow warns on P -> RGB here
+    if alpha.min() == 255:
+        return rgba[..., :3].astype(np.uint8)
+    assert background is not None
+    a = rgba[..., 3:4]
+    bg = np.asarray(background, dtype=np.uint16)
+    # alpha 255 keeps the colour exactly, alpha 0 gives the background exactly.
+    return ((rgba[..., :3] * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def _check_image(path: Path, resolution: int, background, report: DataReport) -> np.ndarray | None:
+    """Decode one PNG to RGB uint8 (H, W, 3), or add the reasons it cannot be used and return None."""
+    name = path.name
+    try:
+        depth = png_bit_depth(path)
+        with Image.open(path) as image:
+            image.load()
+            if image.format != "PNG":
+                report.add(
+                    "error", "not a PNG inside (rename or convert it)", f"{name} (it is {image.format})"
+                )
+                return None
+            if image.size != (resolution, resolution):
+                report.add(
+                    "error", f"not {resolution}x{resolution}", f"{name} ({image.width}x{image.height})"
+                )
+                return None
+            if depth == 16 or image.mode.startswith("I") or image.mode == "F":
+                report.add(
+                    "error",
+                    "16 bits per channel (save as 8-bit; colours would be cut)",
+                    f"{name} ({image.mode})",
+                )
+                return None
+            alpha = alpha_of(image)
+            if alpha is not None and alpha.min() < 255:
+                if background is None:
+                    report.add("error", "transparent but no `background` colour is set", name)
+                    return None
+                partial = int(((alpha > 0) & (alpha < 255)).sum())
+                if partial:
+                    report.add(
+                        "warning",
+                        "semi-transparent pixels blended with `background` into new colours",
+                        f"{name} ({partial} px)",
+                    )
+            if image.mode in ("1", "L", "LA") or (image.mode == "P" and _palette_is_grey(image)):
+                report.add("warning", "grayscale, trained as grey RGB", f"{name} ({image.mode})")
+            return composite(image, alpha, background)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        report.add("error", "unreadable image", f"{name} ({error})")
+        return None
+
+
+def _palette_is_grey(image: Image.Image) -> bool:
+    rgb = np.asarray(image.convert("RGBA"))
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def _read_caption(path: Path | None, expected: str, default: str | None, report: DataReport) -> str | None:
+    """The caption text, the default for a missing/empty one if allowed, or None (problem recorded)."""
+    caption = None
+    if path is not None:
+        try:
+            caption = path.read_text(encoding="utf-8-sig").strip()  # -sig: a BOM is not part of the caption
+        except UnicodeDecodeError as error:
+            report.add("error", "caption is not UTF-8", f"{path.name} (byte {error.start})")
+            return None
+    if caption:
+        return caption
+    kind = "missing caption" if caption is None else "empty caption"
+    if default is None:
+        report.add("error", f"{kind} (set `default_caption` to allow)", expected)
+        return None
+    report.add("warning", f"{kind}, `default_caption` used", expected)
+    return default
+
+
+def scan_folder(
+    root: str | Path,
+    resolution: int = 24,
+    caption_extension: str = ".txt",
+    background: tuple[int, int, int] | None = None,
+    default_caption: str | None = None,
+    tokenizer=None,
+) -> FolderScan:
+    """Check every file of a training folder and decode the usable image-caption pairs.
+
+    Args:
+        root: The folder of ``*.png`` images and same-stem caption files.
+        resolution: The only accepted image side.
+        caption_extension: Suffix of the caption files (matched without regard to case).
+        background: RGB composited under transparent pixels; unset: transparency is an error.
+        default_caption: Caption for images without one; unset: a missing or empty caption is an error.
+        tokenizer: The base model's CLIP tokenizer for caption lengths; unset: an estimate.
+    """
+    folder = Path(root).expanduser()
+    report = DataReport(folder)
+    scan = FolderScan(report)
+    if tokenizer is not None:
+        report.token_counter = f"{type(tokenizer).__name__} of the base model"
+    if not folder.is_dir():
+        report.add("error", "does not exist or is not a folder", "")
+        return scan
+
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    pngs = [p for p in entries if p.is_file() and p.suffix.lower() == ".png"]
+    png_set = set(pngs)
+    captions: dict[str, list[Path]] = {}
+    for p in entries:
+        if p.is_file() and p.suffix.lower() == caption_extension.lower():
+            captions.setdefault(p.stem, []).append(p)
+    stems: dict[str, list[Path]] = {}
+    for p in pngs:
+        stems.setdefault(p.stem, []).append(p)
+    report.images = len(pngs)
+
+    for p in entries:
+        if p.is_dir():
+            inside = sum(1 for q in p.iterdir() if q.suffix.lower() == ".png")
+            if inside:
+                report.add("warning", "subfolders are not read", f"{p.name}/ ({inside} .png)")
+        elif p.suffix.lower() in OTHER_IMAGE_SUFFIXES:
+            report.add(
+                "error", "not PNG (only lossless PNG keeps exact colours; convert or move it out)", p.name
+            )
+        elif p not in png_set and p.stem not in stems and p.suffix.lower() == caption_extension.lower():
+            report.add("warning", "caption without an image", p.name)
+        elif p not in png_set and p.suffix.lower() != caption_extension.lower():
+            report.add("warning", "ignored (not a PNG or caption)", p.name)
+    if not pngs:
+        report.add("error", "no .png images", "")
+        return scan
+    for stem, same in stems.items():
+        if len(same) > 1:
+            names = ", ".join(p.name for p in same)
+            report.add("error", "same name, different extension case (one caption for two images)", names)
+        if len(captions.get(stem, [])) > 1:
+            report.add("error", "more than one caption file", ", ".join(p.name for p in captions[stem]))
+    folded = Counter(stem.lower() for stem in stems)
+    for stem in stems:
+        if folded[stem.lower()] > 1 and stem != stem.lower():
+            report.add("warning", "names differ only in case (clash on macOS/Windows disks)", stem)
+
+    for path in pngs:
+        if len(stems[path.stem]) > 1:
+            continue
+        pixels = _check_image(path, resolution, background, report)
+        found = captions.get(path.stem, [])
+        expected = path.stem + caption_extension
+        caption = _read_caption(found[0] if len(found) == 1 else None, expected, default_caption, report)
+        if len(found) > 1 or pixels is None or caption is None:
+            continue
+        tokens, cut = count_tokens(caption, tokenizer)
+        if cut:
+            report.add(
+                "warning",
+                f"caption longer than {CLIP_MAX_LENGTH - 2} tokens, the end is cut",
+                f"{expected} ({tokens} tokens, cut: {cut!r})",
+            )
+        scan.paths.append(path)
+        scan.images.append(pixels)
+        scan.captions.append(caption)
+        report.colours.append(len(np.unique(pixels.reshape(-1, 3), axis=0)))
+        report.caption_tokens.append(tokens)
+        report.tags.update(tag.strip().lower() for tag in caption.split(",") if tag.strip())
+    return scan

@@ -1,0 +1,183 @@
+"""The header of a LoRA file: kohya's ``ss_*`` keys, ``modelspec.*`` (SAI model spec 1.0.1) and ours.
+
+All values are strings, as safetensors requires; structured values are JSON. kohya's conventions are kept so
+tools that read them (A1111's LoRA card, ComfyUI's metadata view, kohya's own scripts) show the right facts:
+``ss_clip_skip`` in kohya numbering (ours is the same), ``ss_tag_frequency`` as
+``{folder: {tag: count}}``, ``ss_network_args`` as a JSON object of strings. Our own keys are namespaced
+``bespoke_pl.*`` and hold what a file alone needs for pixel-perfect images: ``pixel_scale``, the art
+``resolution``, ``clip_skip`` and the training set's ``palette`` (JSON list of ``#rrggbb``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+import bespoke_pl
+from bespoke_pl.pixelart.palette import palette_to_hex
+
+ARCHITECTURES = {"sd15": "stable-diffusion-v1/lora", "sdxl": "stable-diffusion-xl-v1-base/lora"}
+BASE_MODEL_VERSIONS = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0"}
+# kohya's implementation ids: SDXL LoRA names follow SGM's UNet, SD 1.5 LoRA names diffusers'.
+IMPLEMENTATIONS = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI/generative-models"}
+DEFAULT_CLIP_SKIP = {"sd15": 1, "sdxl": 2}
+# Optimizer defaults that describe an implementation, not a training choice.
+_IMPLEMENTATION_FLAGS = {"foreach", "fused", "capturable", "differentiable", "maximize", "lr"}
+
+
+def tag_frequency(captions: list[str]) -> dict[str, int]:
+    """How often each comma-separated tag occurs in the captions (stripped, lower case), as kohya counts."""
+    return dict(Counter(t.strip().lower() for c in captions for t in c.split(",") if t.strip()))
+
+
+def optimizer_description(optimizer) -> str:
+    """``torch.optim.adamw.AdamW(betas=(0.9, 0.999),eps=1e-08,weight_decay=0.01)``: class and settings."""
+    cls = type(optimizer)
+    settings = [
+        f"{k}={v}"
+        for k, v in sorted(optimizer.defaults.items())
+        if k not in _IMPLEMENTATION_FLAGS and isinstance(v, int | float | str | tuple)
+    ]
+    return f"{cls.__module__}.{cls.__qualname__}({','.join(settings)})"
+
+
+def _learning_rates(trainer: L.Trainer) -> dict[str, float]:
+    if not trainer.optimizers:
+        return {}
+    groups = trainer.optimizers[0].param_groups
+    return {g.get("name", str(i)): float(g.get("initial_lr", g["lr"])) for i, g in enumerate(groups)}
+
+
+def training_metadata(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    output_name: str,
+    epoch: int,
+    started_at: float,
+    session_id: int,
+    pairs=None,
+) -> dict[str, str]:
+    """The header of the LoRA file written after ``epoch`` (1-based) of a run started at ``started_at``.
+
+    ``pairs`` is the run's training set in memory (:class:`~bespoke_pl.data.datamodule.PixelPairs`), for the
+    image count, tag frequencies and palette; None where the data module has none.
+    """
+    h = module.hparams
+    family = module.family
+    size = h.resolution * h.pixel_scale  # the image side the model was trained on
+    datamodule = trainer.datamodule
+    data = datamodule.hparams if datamodule is not None else {}
+    folder = Path(str(datamodule.root_path)).name if pairs is not None else "unknown"
+    num_images = len(pairs.captions) if pairs is not None else 0
+    repeats = int(data.get("num_repeats", 1))
+    rates = _learning_rates(trainer)
+    network_args = {}
+    if h.conv_rank:
+        network_args = {"conv_dim": str(h.conv_rank), "conv_alpha": str(float(h.conv_alpha or h.conv_rank))}
+    prediction = "v" if getattr(module, "prediction_type", "epsilon") == "v_prediction" else "epsilon"
+    metadata = {
+        "ss_session_id": session_id,
+        "ss_training_started_at": started_at,
+        "ss_training_finished_at": datetime.datetime.now().timestamp(),
+        "ss_output_name": output_name,
+        "ss_epoch": epoch,
+        "ss_steps": trainer.global_step,
+        "ss_num_epochs": trainer.max_epochs,
+        "ss_max_train_steps": trainer.estimated_stepping_batches,
+        "ss_num_train_images": num_images * repeats,
+        "ss_num_reg_images": 0,
+        "ss_num_batches_per_epoch": trainer.num_training_batches,
+        "ss_batch_size_per_device": data.get("batch_size"),
+        "ss_gradient_accumulation_steps": trainer.accumulate_grad_batches,
+        "ss_gradient_checkpointing": bool(h.gradient_checkpointing),
+        "ss_max_grad_norm": trainer.gradient_clip_val,
+        "ss_learning_rate": rates.get("unet"),
+        "ss_unet_lr": rates.get("unet"),
+        "ss_text_encoder_lr": rates.get("te"),
+        "ss_optimizer": optimizer_description(trainer.optimizers[0]) if trainer.optimizers else None,
+        "ss_lr_scheduler": h.lr_schedule,
+        "ss_lr_warmup_steps": h.lr_warmup_steps,
+        "ss_mixed_precision": trainer.precision,
+        "ss_seed": os.environ.get("PL_GLOBAL_SEED"),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": h.rank,
+        "ss_network_alpha": float(h.alpha),
+        "ss_network_dropout": h.lora_dropout,
+        "ss_network_args": json.dumps(network_args),
+        "ss_network_train_unet_only": not h.train_text_encoder,
+        "ss_v2": False,
+        "ss_base_model_version": BASE_MODEL_VERSIONS[family],
+        "ss_sd_model_name": Path(h.base_model).name if Path(h.base_model).exists() else h.base_model,
+        "ss_clip_skip": h.clip_skip,
+        "ss_resolution": f"({size}, {size})",
+        "ss_cache_latents": bool(getattr(module, "latent_cache", None)),
+        "ss_enable_bucket": False,
+        "ss_flip_aug": False,
+        "ss_color_aug": False,
+        "ss_random_crop": False,
+        "ss_shuffle_caption": bool(data.get("shuffle_captions", False)),
+        "ss_keep_tokens": data.get("keep_tokens", 0),
+        "ss_caption_dropout_rate": data.get("caption_dropout", 0.0),
+        "ss_noise_offset": h.noise_offset,
+        "ss_min_snr_gamma": h.min_snr_gamma,
+        "ss_dataset_dirs": json.dumps({folder: {"n_repeats": repeats, "img_count": num_images}}),
+        "ss_tag_frequency": json.dumps({folder: tag_frequency(pairs.captions) if pairs else {}}),
+        "modelspec.sai_model_spec": "1.0.1",
+        "modelspec.architecture": ARCHITECTURES[family],
+        "modelspec.implementation": IMPLEMENTATIONS[family],
+        "modelspec.implementation_version": f"bespoke_pl {bespoke_pl.__version__}",
+        "modelspec.title": output_name,
+        "modelspec.date": datetime.datetime.fromtimestamp(int(started_at)).isoformat(),
+        "modelspec.resolution": f"{size}x{size}",
+        "modelspec.prediction_type": prediction,
+        "modelspec.encoder_layer": h.clip_skip,
+        "modelspec.usage_hint": (
+            f"{h.resolution}x{h.resolution} pixel art: generate at {size}x{size}, then keep the most common "
+            f"colour of each {h.pixel_scale}x{h.pixel_scale} block (python -m bespoke_pl generate does this)"
+        ),
+        "bespoke_pl.family": family,
+        "bespoke_pl.pixel_scale": h.pixel_scale,
+        "bespoke_pl.resolution": h.resolution,
+        "bespoke_pl.clip_skip": h.clip_skip,
+        "bespoke_pl.palette": json.dumps(palette_to_hex(pairs.palette) if pairs else []),
+        "bespoke_pl.hparams": json.dumps(dict(h), default=str),
+    }
+    # safetensors headers hold strings only; kohya writes unset values as "None" too.
+    return {k: str(v) for k, v in metadata.items()}
+
+
+@dataclass
+class RecordedSettings:
+    """What a LoRA file's header says about how to generate with it; None where it says nothing."""
+
+    pixel_scale: int | None = None
+    clip_skip: int | None = None
+    resolution: int | None = None
+    palette: list[str] | None = None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def recorded_settings(metadata: dict[str, str]) -> RecordedSettings:
+    """Read our keys, falling back to kohya's / modelspec's clip skip for other tools' files."""
+    palette = metadata.get("bespoke_pl.palette")
+    clip_skip = _int(metadata.get("bespoke_pl.clip_skip"))
+    if clip_skip is None:
+        clip_skip = _int(metadata.get("ss_clip_skip")) or _int(metadata.get("modelspec.encoder_layer"))
+    return RecordedSettings(
+        pixel_scale=_int(metadata.get("bespoke_pl.pixel_scale")),
+        clip_skip=clip_skip,
+        resolution=_int(metadata.get("bespoke_pl.resolution")),
+        palette=json.loads(palette) if palette else None,
+    )

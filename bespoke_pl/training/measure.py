@@ -1,0 +1,60 @@
+"""How well a base alone draws the demo punks: the figures the pretrained tiny bases are judged by."""
+
+from __future__ import annotations
+
+import torch
+
+from bespoke_pl.data.demo import caption, demo_traits
+from bespoke_pl.data.demo_style import demo_measures
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.diffusion.conditioning import encode_prompts
+from bespoke_pl.diffusion.sampling import build_pipeline, generate
+from bespoke_pl.pixelart.grid import reduce_blocks
+from bespoke_pl.pixelart.metrics import PixelArtQuality
+from bespoke_pl.training.pretrain import CLIP_SKIP, PIXEL_SCALE, punk_image
+
+
+@torch.no_grad()
+def measure_base(
+    base_model: str,
+    count: int = 16,
+    steps: int = 20,
+    guidance_scale: float = 4.0,
+    seed: int = 0,
+    style: str = "base",
+) -> dict[str, float]:
+    """Generate ``count`` demo punks from a base alone and measure them as the issue of record asks.
+
+    The prompts are the captions of the first ``count`` demo punks (what the base was trained on); the
+    references are the first 48 punks of ``style``. Returns the quality metrics (``silhouette_iou``,
+    ``torso_share``, ``grid_fidelity`` of the raw decode, ...) and the demo measures (``background_match``,
+    ``base_share``, ``neon_share``).
+
+    Args:
+        base_model: Anything ``load_base`` takes, e.g. ``tiny-punks:sdxl``.
+        count: Samples to generate (seeds ``seed`` ... ``seed + count - 1``).
+        steps: Euler steps.
+        guidance_scale: Classifier-free guidance scale.
+        seed: First seed.
+        style: The demo style whose punks are the reference set.
+    """
+
+    base = load_base(base_model)
+    encoders = base.text_encoders
+    captions = [caption(demo_traits(i)) for i in range(count)]
+    pipe = build_pipeline(
+        base.family, base.unet, base.vae, base.tokenizers, encoders, base.scheduler_config, "euler"
+    )
+
+    def encode(prompts: list[str]):
+        return encode_prompts(prompts, base.tokenizers, encoders, CLIP_SKIP[base.family])
+
+    seeds = list(range(seed, seed + count))
+    raw = generate(pipe, encode, captions, seeds, 24 * PIXEL_SCALE, "", steps, guidance_scale)
+    reference = torch.stack([punk_image(i, style) for i in range(48)])
+    quality = PixelArtQuality(reference, PIXEL_SCALE, sync_on_compute=False)
+    snapped = reduce_blocks(raw, PIXEL_SCALE)
+    quality.update(snapped, raw=raw)
+    values = {name: float(value) for name, value in quality.compute().items()}
+    values |= demo_measures(snapped, captions)
+    return values

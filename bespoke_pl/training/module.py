@@ -1,0 +1,334 @@
+"""The LightningModule: wires base model, LoRA, text conditioning and the diffusion loss; logs the loss."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from bespoke_pl.callbacks.resume import ExactResume
+from bespoke_pl.callbacks.safe_stop import SafeStop
+from bespoke_pl.diffusion.base import BaseModel, load_base
+from bespoke_pl.diffusion.conditioning import PromptEmbeds, encode_prompts, predict_noise
+from bespoke_pl.diffusion.devices import weight_dtype_for
+from bespoke_pl.diffusion.objective import (
+    add_noise,
+    alphas_cumprod_from_config,
+    diffusion_loss,
+    make_noise,
+    min_snr_weights,
+    sample_timesteps,
+    training_target,
+)
+from bespoke_pl.diffusion.sampling import build_pipeline, generate
+from bespoke_pl.lora.inject import (
+    add_lora,
+    add_text_encoder_lora,
+    lora_parameters,
+    lora_state_dict,
+    unet_targets,
+)
+from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
+from bespoke_pl.training.cache import LatentCache, TextCache
+from bespoke_pl.training.optim import lora_optimizer
+from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
+
+log = logging.getLogger(__name__)
+
+
+class PixelLoRAModule(L.LightningModule):
+    """LoRA training of an SD 1.5 or SDXL base on nearest-upscaled pixel art.
+
+    Args:
+        base_model: Hub id, local diffusers folder, single ``.safetensors``/``.ckpt`` file, or
+            ``tiny:sd15`` / ``tiny:sdxl`` (tiny offline models, built on first use).
+        family: ``auto`` detects SD 1.5 vs SDXL from the weights; ``sd15``/``sdxl`` insists (mismatch errors).
+        base_config: For a single-file base: a diffusers folder or hub id to read component configs from.
+        resolution: Side of the training images in art pixels (linked from ``data.resolution``).
+        pixel_scale: Nearest-upscale factor k before the VAE. 8 puts one art pixel in one latent cell
+            (24 -> 192 px -> 24x24 latent); 1 trains on the literal 24x24 images (a 3x3 latent).
+        clip_skip: Text-encoder layer counted from the end, kohya/A1111 numbering (1 = last). SD 1.5: that
+            layer then the final layer norm. SDXL: that layer of both encoders, no final norm; 2 is standard.
+        rank: LoRA rank of the UNet's attention/feed-forward layers (and text encoders).
+        alpha: LoRA alpha; updates are scaled by alpha / rank.
+        lora_dropout: Dropout on the LoRA branch input during training.
+        conv_rank: Rank of LoRA on the ResNet/sampler convolutions (kohya's ``conv_dim``); unset: none.
+        conv_alpha: Alpha of the convolution LoRA; unset: equal to ``conv_rank``.
+        use_dora: Weight-decomposed LoRA (DoRA) instead of plain LoRA.
+        train_text_encoder: Also train LoRA on the text encoder(s) (both for SDXL).
+        text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
+        noise_offset: Per-channel constant added to the training noise (0 disables).
+        min_snr_gamma: Min-SNR loss weighting gamma (5 is usual); unset: plain MSE.
+        weight_dtype: Dtype of the frozen UNet/text encoders; ``auto`` is bf16 (fp16) on CUDA, fp32 elsewhere.
+            The VAE always runs in float32 (SDXL's VAE overflows in fp16).
+        optimizer: Optimizer for the LoRA parameters (LightningCLI ``class_path`` + ``init_args``).
+        lr_schedule: Learning-rate shape after warmup: constant, cosine (to 0) or linear (to 0).
+        lr_warmup_steps: Optimizer steps of linear warmup from 0.
+        gradient_checkpointing: Recompute UNet activations in backward to save memory.
+        attention: UNet attention kernel: ``sdpa`` (PyTorch's fused scaled-dot-product attention) or
+            ``classic`` (plain matmul-softmax; slower, for debugging).
+        compile_unet: ``torch.compile`` the UNet (opt-in: slow first steps, faster after on CUDA).
+        latent_sampling: ``mean`` encodes each image to its VAE posterior mean (cacheable); ``sample``
+            draws from the posterior at every step (disables the latent cache).
+        cache_latents: Encode each image once and train on the stored latents (when valid).
+        latent_cache_dir: Also keep the latents on disk here, keyed by image pixels, VAE and pixel_scale.
+        cache_text: Encode each caption once when the text encoders are frozen and captions fixed.
+        offload_frozen: After caching, move the VAE and frozen text encoders off the accelerator;
+            they come back only for sampling.
+        skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no weight update) before
+            the run stops; 0 stops at the first. Skips are logged as ``train/skipped_batches``.
+    """
+
+    def __init__(
+        self,
+        base_model: str,
+        family: Literal["auto", "sd15", "sdxl"] = "auto",
+        base_config: str | None = None,
+        resolution: int = 24,
+        pixel_scale: int = 8,
+        clip_skip: int = 1,
+        rank: int = 16,
+        alpha: float = 16.0,
+        lora_dropout: float = 0.0,
+        conv_rank: int | None = None,
+        conv_alpha: float | None = None,
+        use_dora: bool = False,
+        train_text_encoder: bool = False,
+        text_encoder_lr: float | None = None,
+        noise_offset: float = 0.0,
+        min_snr_gamma: float | None = None,
+        weight_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
+        lr_warmup_steps: int = 0,
+        gradient_checkpointing: bool = False,
+        attention: Literal["sdpa", "classic"] = "sdpa",
+        compile_unet: bool = False,
+        latent_sampling: Literal["mean", "sample"] = "mean",
+        cache_latents: bool = True,
+        latent_cache_dir: str | None = None,
+        cache_text: bool = True,
+        offload_frozen: bool = True,
+        skip_nonfinite_loss: int = 0,
+    ) -> None:
+        super().__init__()
+        if pixel_scale < 1 or clip_skip < 1 or rank < 1:
+            raise ValueError("pixel_scale, clip_skip and rank must all be >= 1")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        # Frozen base weights are not part of a checkpoint (see on_save_checkpoint), so loading is lenient.
+        self.strict_loading = False
+        self.family: str | None = None
+        self.tokenizers: list = []
+        self.latent_cache: LatentCache | None = None
+        self.text_cache: TextCache | None = None
+        self.skipped_batches = 0
+
+    # ----------------------------------------------------------------------------------------- setup
+    def configure_model(self) -> None:
+        if self.family is not None:
+            return  # already built (configure_model runs once per fit/validate call)
+        h = self.hparams
+        self.attach_base(load_base(h.base_model, h.family, h.base_config))
+
+    def attach_base(self, base: BaseModel) -> None:
+        """Take a loaded base model, add LoRA and place the frozen parts in their dtypes."""
+        h = self.hparams
+        self.family, self.tokenizers = base.family, base.tokenizers
+        self.scheduler_config = base.scheduler_config
+        self.prediction_type = base.scheduler_config.get("prediction_type", "epsilon")
+        self.register_buffer("alphas_cumprod", alphas_cumprod_from_config(base.scheduler_config), False)
+        self.vae = base.vae.float()
+        # configure_model runs before the strategy moves the module, so ask the strategy for the device.
+        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
+        dtype = weight_dtype_for(device, h.weight_dtype)
+        self.unet = base.unet if base.unet.dtype == dtype else base.unet.to(dtype)
+        self.text_encoders = nn.ModuleList(
+            [e if e.dtype == dtype else e.to(dtype) for e in base.text_encoders]
+        )
+        linear, conv = unet_targets(self.unet, include_conv=h.conv_rank is not None)
+        add_lora(
+            self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha
+        )
+        if h.train_text_encoder:
+            add_text_encoder_lora(
+                list(self.text_encoders),
+                self.family,
+                h.clip_skip,
+                h.rank,
+                h.alpha,
+                h.lora_dropout,
+                h.use_dora,
+            )
+        # LoRA weights train in float32 even when the frozen weights they sit on are half precision.
+        for parameter in self.trainable_parameters():
+            parameter.data = parameter.data.float()
+        if h.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        set_attention(self.unet, h.attention)
+        if h.compile_unet:
+            self.unet.compile()  # in place: parameter names (and so checkpoints and LoRA files) stay the same
+        self.train(self.training)
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        modules = len(linear) + len(conv)
+        log.info(
+            "%s base %s: %d trainable LoRA parameters (%d modules)",
+            self.family,
+            h.base_model,
+            trainable,
+            modules,
+        )
+
+    def train(self, mode: bool = True):
+        """Frozen parts stay in eval mode; only LoRA dropout follows the training mode."""
+        super().train(mode)
+        if self.family is None:
+            return self
+        for part in (self.vae, self.unet, self.text_encoders):
+            part.eval()
+            for name, module in part.named_modules():
+                if "lora_dropout" in name:
+                    module.train(mode)
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        params = lora_parameters(self.unet)
+        if self.hparams.train_text_encoder:
+            params += [p for e in self.text_encoders for p in lora_parameters(e)]
+        return params
+
+    # ------------------------------------------------------------------------------------- encoding
+    @property
+    def image_size(self) -> int:
+        return self.hparams.resolution * self.hparams.pixel_scale
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 art (B, 3, 24, 24) -> scaled latents (B, 4, 3k, 3k) through the fp32 VAE.
+
+        The posterior mean, not a sample: the art is exact, and a deterministic latent is what a cache
+        stores; the SD VAE's posterior variance is tiny anyway.
+        """
+        vae_device = next(self.vae.parameters()).device
+        images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(vae_device)
+        with torch.autocast(vae_device.type, enabled=False):
+            posterior = self.vae.encode(images.float()).latent_dist
+            latents = posterior.sample() if self.hparams.latent_sampling == "sample" else posterior.mean
+        return latents.to(self.device) * self.vae.config.scaling_factor
+
+    def encode_text(self, captions: list[str]) -> PromptEmbeds:
+        """Captions -> UNet conditioning, with the training clip skip (used for sampling too)."""
+        encoders = list(self.text_encoders)
+        with torch.set_grad_enabled(self.hparams.train_text_encoder and torch.is_grad_enabled()):
+            return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip).to(self.device)
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+        return predict_noise(self.unet, noisy, timesteps, embeds, self.image_size)
+
+    # ------------------------------------------------------------------------------------- training
+    def compute_loss(self, latents: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+        h = self.hparams
+        noise = make_noise(latents, h.noise_offset)
+        timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), device=latents.device)
+        noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
+        target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
+        weights = None
+        if h.min_snr_gamma:
+            weights = min_snr_weights(timesteps, self.alphas_cumprod, h.min_snr_gamma, self.prediction_type)
+        return diffusion_loss(self.predict(noisy, timesteps, embeds), target, weights)
+
+    def on_fit_start(self) -> None:
+        build_caches(self, self.trainer.datamodule)
+
+    def batch_loss(self, batch: dict) -> torch.Tensor:
+        """The diffusion loss of a data batch, from the caches where they are on."""
+        index = batch["index"]
+        latents = self.latent_cache[index] if self.latent_cache else self.encode_images(batch["pixels"])
+        embeds = self.text_cache[index] if self.text_cache else self.encode_text(list(batch["caption"]))
+        return self.compute_loss(latents, embeds)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # What every run of this module needs, also when a Trainer is built in Python without the CLI:
+        # exact mid-epoch resume, and Ctrl-C / SIGTERM stopping with a checkpoint (written atomically).
+        return [ExactResume(), SafeStop()]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        loss = self.batch_loss(batch)
+        if not torch.isfinite(loss):
+            where = f"at global step {self.global_step} (epoch {self.current_epoch + 1}, batch {batch_idx})"
+            if self.skipped_batches >= self.hparams.skip_nonfinite_loss:
+                raise FloatingPointError(
+                    f"loss is {loss.item()} {where}; lower the learning rate or check the data"
+                    + (f" ({self.skipped_batches} batches skipped before)" if self.skipped_batches else "")
+                )
+            self.skipped_batches += 1
+            log.warning("loss is %s %s: batch skipped (%d so far)", loss.item(), where, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, batch_size=1)
+            return None  # Lightning skips backward: the optimizer step finds no gradients, nothing changes
+        size = len(batch["index"])
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        # The epoch mean is reduced across processes once per epoch, not at every step.
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+        return loss
+
+    def configure_optimizers(self):
+        return lora_optimizer(self)
+
+    # ----------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Only what is trained: a few MB of LoRA, not gigabytes of frozen base weights.
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
+        if bad:  # a resumable state must never be replaced by diverged weights
+            raise FloatingPointError(
+                f"refusing to write a checkpoint at global step {self.global_step}: non-finite LoRA weights "
+                f"in {len(bad)} tensors, e.g. {bad[0]}"
+            )
+        checkpoint["skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_batches = checkpoint.get("skipped_batches", 0)
+
+    def lora_components(self) -> dict[str, nn.Module]:
+        """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
+        parts: dict[str, nn.Module] = {"unet": self.unet}
+        if self.hparams.train_text_encoder:
+            for i, encoder in enumerate(self.text_encoders):
+                parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = encoder
+        return parts
+
+    def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
+        """LoRA weights per component in peft naming (``<module>.lora_A.weight`` ...)."""
+        return {name: lora_state_dict(model) for name, model in self.lora_components().items()}
+
+    # -------------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        negative_prompt: str = "",
+        steps: int = 20,
+        guidance_scale: float = 5.0,
+        sampler: str = "euler",
+    ) -> torch.Tensor:
+        """Generate at 24k px: the decoded images, uint8 (N, 3, 24k, 24k); :func:`~bespoke_pl.pixelart.palette.to_art`
+        turns them into the art."""
+        was_training = self.training
+        self.eval()
+        restore = bring_frozen_back(self)
+        try:
+            parts = (self.family, self.unet, self.vae, self.tokenizers, list(self.text_encoders))
+            pipe = build_pipeline(*parts, self.scheduler_config, sampler)
+            size = self.image_size
+            return generate(
+                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale
+            )
+        finally:
+            restore()
+            self.train(was_training)

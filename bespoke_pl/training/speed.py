@@ -1,0 +1,88 @@
+"""Fit-time speed and memory wiring of the module: caches, offloading frozen parts, attention kernels.
+
+The caches themselves are in :mod:`bespoke_pl.training.cache`; this decides when they apply and moves modules.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from bespoke_pl.training.cache import (
+    LatentCache,
+    TextCache,
+    latent_cache_refusal,
+    module_fingerprint,
+    text_cache_refusal,
+)
+
+log = logging.getLogger(__name__)
+
+
+def set_attention(unet: torch.nn.Module, kind: str) -> None:
+    """Select the UNet's attention kernel: PyTorch SDPA (fused, memory-efficient) or the classic one."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0() if kind == "sdpa" else AttnProcessor())
+
+
+def _frozen_parts(module) -> list[torch.nn.Module]:
+    parts = []
+    if module.latent_cache is not None:
+        parts.append(module.vae)
+    if module.text_cache is not None:
+        parts.extend(module.text_encoders)
+    return parts
+
+
+def build_caches(module, datamodule) -> None:
+    """Fill the latent and text caches when valid (logging why not otherwise), then offload.
+
+    Args:
+        module: The :class:`~bespoke_pl.training.module.PixelLoRAModule`, already on its device.
+        datamodule: The data module whose in-memory pairs and caption options decide what is cacheable.
+    """
+    h = module.hparams
+    pairs = getattr(datamodule, "pairs", None)
+    train_set = getattr(datamodule, "train_set", None)
+    if pairs is None or train_set is None:
+        log.info("caches off: the data module does not hold the training set in memory")
+        return
+    if h.cache_latents:
+        refusal = latent_cache_refusal(h.latent_sampling)
+        if refusal:
+            log.warning("latent cache off: %s", refusal)
+        else:
+            key = f"{module_fingerprint(module.vae)}|k={h.pixel_scale}"
+            cache = LatentCache.build(
+                pairs.images, module.encode_images, cache_dir=h.latent_cache_dir, key_extra=key
+            )
+            module.latent_cache = LatentCache(cache.latents.to(module.device))
+    if h.cache_text:
+        refusal = text_cache_refusal(
+            h.train_text_encoder, train_set.caption_dropout, train_set.shuffle_captions
+        )
+        if refusal:
+            log.warning("text-embedding cache off: %s", refusal)
+        else:
+            module.text_cache = TextCache.build(pairs.captions, module.encode_text)
+    if h.offload_frozen and module.device.type != "cpu":
+        for part in _frozen_parts(module):
+            part.to("cpu")
+        if module.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bring_frozen_back(module) -> Callable[[], None]:
+    """Move offloaded frozen parts to the module's device for sampling; returns the undo."""
+    moved = [p for p in _frozen_parts(module) if next(p.parameters()).device != module.device]
+    for part in moved:
+        part.to(module.device)
+
+    def restore() -> None:
+        for part in moved:
+            part.to("cpu")
+
+    return restore
