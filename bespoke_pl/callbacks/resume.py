@@ -112,8 +112,18 @@ class RunCheckpoint(ModelCheckpoint):
       checkpoint taken at the last batch as a finished epoch and skips ``on_train_epoch_end``, so a kill
       before that epoch's hooks ran would lose its LoRA file and samples for good.
 
+    - ``{epoch}`` in ``filename`` counts from 1, as the LoRA files and samples do: the epoch a step save
+      falls in, or the epoch an epoch-end save finishes (Lightning counts from 0).
+
     Arguments as ``ModelCheckpoint``.
     """
+
+    def format_checkpoint_name(
+        self, metrics: dict, filename: str | None = None, ver: int | None = None, **kwargs
+    ):
+        if "epoch" in metrics:
+            metrics = dict(metrics) | {"epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, **kwargs)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:

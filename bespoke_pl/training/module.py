@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
+from bespoke_pl.callbacks.progress import epoch_progress_bar
 from bespoke_pl.callbacks.resume import ExactResume
 from bespoke_pl.callbacks.safe_stop import SafeStop
 from bespoke_pl.diffusion.base import BaseModel, load_base
@@ -254,7 +255,8 @@ class PixelLoRAModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         # What every run of this module needs, also when a Trainer is built in Python without the CLI:
         # exact mid-epoch resume, and Ctrl-C / SIGTERM stopping with a checkpoint (written atomically).
-        return [ExactResume(), SafeStop()]
+        bar = epoch_progress_bar(self.trainer.progress_bar_callback)  # epochs counted from 1
+        return [ExactResume(), SafeStop(), *([bar] if bar else [])]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss = self.batch_loss(batch)
