@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
+from jsonargparse import ArgumentParser
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -23,7 +27,14 @@ from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.devices import default_precision
-from bespoke_pl.errors import BaseModelError, ConfigError, DatasetError, OutputError, RunInterrupted
+from bespoke_pl.errors import (
+    BaseModelError,
+    ConfigError,
+    DatasetError,
+    LoRAFileError,
+    OutputError,
+    RunInterrupted,
+)
 from bespoke_pl.training.module import PixelLoRAModule
 from bespoke_pl.training.preflight import check_base, check_options
 
@@ -57,17 +68,23 @@ def _tokenizer_source(base_config: str | None, base_model: str) -> str:
     return base_config or base_model
 
 
-class OneLineErrorParser(LightningArgumentParser):
-    """Unknown keys and wrong types as one ``error:`` line, not a usage listing of every option."""
+class OneLineErrors:
+    """For jsonargparse parsers: unknown keys and wrong types as one ``error:`` line, not a usage listing
+    of every option; the hint names the subcommand's ``--help``."""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
-        command = parser.prog.split()[-1] if " " in parser.prog else ""
-        help_command = " ".join(["python -m bespoke_pl", command, "--help"]).replace("  ", " ")
+        # prog is PROG, "PROG <command>" or (fit's, from LightningCLI's subcommands) "PROG [options] fit"
+        command = "" if parser.prog == PROG else parser.prog.split()[-1]
+        help_command = " ".join(part for part in (PROG, command, "--help") if part)
         sys.stderr.write(f"error: {one_line(message)} (options: {help_command})\n")
         self.exit(2)
+
+
+class OneLineErrorParser(OneLineErrors, LightningArgumentParser):
+    """``fit``'s parser, with one-line mistakes."""
 
 
 class BespokeCLI(LightningCLI):
@@ -141,6 +158,7 @@ class BespokeCLI(LightningCLI):
         log.info("resuming %s in %s", found, found.parent.parent)
 
 
+PROG = "python -m bespoke_pl"  # how the usage lines and hints name the program, for every subcommand
 # Each subcommand's module has ``command(argv)``; imported on use, so ``fit`` starts without them.
 COMMANDS: dict[str, str] = {
     "tiny": "bespoke_pl.commands.tiny",
@@ -150,11 +168,48 @@ COMMANDS: dict[str, str] = {
     "roundtrip": "bespoke_pl.commands.roundtrip",
     "check-data": "bespoke_pl.commands.check_data",
 }
-CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, MisconfigurationException)
+# The user's mistakes (exit status 2) and the run's failures (1), for every subcommand. Nothing broader:
+# any other exception is a bug and keeps its traceback.
+CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, LoRAFileError, MisconfigurationException)
 RUN_FAULTS = (FloatingPointError, OutputError)
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "BESPOKE_PL_DEBUG"
+T = TypeVar("T")
 
 
-def _fail(prefix: str, error: BaseException, code: int) -> None:
+class CommandParser(OneLineErrors, ArgumentParser):
+    """The parser of the subcommands besides ``fit``, with ``fit``'s one-line mistakes."""
+
+
+def run_command(name: str, function: Callable[..., T], argv: list[str], **kwargs: Any) -> T:
+    """Parse ``argv`` into ``function``'s parameters with jsonargparse and call it.
+
+    Args:
+        name: The subcommand (``generate``), for its usage line and the ``--help`` hint of a mistake.
+        function: The command's function; its signature and docstring are the options and their help.
+        argv: The arguments after the subcommand's name.
+        **kwargs: More options of jsonargparse's ``CLI`` (``as_positional``).
+    """
+    from jsonargparse import CLI
+
+    return CLI(function, args=argv, parser_class=CommandParser, prog=f"{PROG} {name}", **kwargs)
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(prefix: str, error: BaseException, code: int, debug: bool = False) -> NoReturn:
+    """One line (a data report: one line per problem) on stderr, and exit with ``code``.
+
+    Args:
+        prefix: ``error`` or ``stopped``.
+        error: The project's exception; its message names the file or option.
+        code: The exit status.
+        debug: Re-raise ``error`` with its whole traceback instead (``--debug``, ``BESPOKE_PL_DEBUG=1``).
+    """
+    if debug:
+        raise error
     message = str(error) if isinstance(error, DatasetError) else one_line(str(error))
     sys.stderr.write(f"{prefix}: {message}\n")
     if getattr(error, "kept", None):
@@ -165,15 +220,25 @@ def _fail(prefix: str, error: BaseException, code: int) -> None:
 def main(args: list[str] | None = None) -> BespokeCLI | None:
     """Run a command; known mistakes and faults end in a short message and an exit status, not a traceback.
 
-    Exit status 2: bad configuration or data (nothing was trained). 1: the run failed (NaN loss, a file
-    that could not be written). 130/143: stopped by SIGINT/SIGTERM after saving a checkpoint.
+    Exit status 2: bad configuration, data or input file (nothing was trained or written). 1: the run failed
+    (NaN loss, a file that could not be written). 130/143: stopped by SIGINT/SIGTERM after saving a
+    checkpoint. The same for every subcommand; ``--debug`` anywhere in ``args`` (or ``BESPOKE_PL_DEBUG=1``)
+    lets the exception through with its traceback.
+
+    Args:
+        args: The command line without the program; None reads ``sys.argv``.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # The frozen base stays in eval mode on purpose (no dropout/norm updates); Lightning warns about it.
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-    if args is not None:  # called from Python (tests, notebooks): sys.argv is not ours to compare with
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # LightningCLI always gets argv (sys.argv less --debug), so its warning about an argument list given
+    # besides sys.argv would be about this function, not about the user's command.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # diffusers passes huggingface_hub an argument it deprecated; nothing the user can or needs to do about it.
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
     try:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).command(argv[1:])
@@ -186,14 +251,13 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
             trainer_defaults=TRAINER_DEFAULTS,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=42,
-            args=None if args is None else argv,  # None reads sys.argv (LightningCLI warns when given both)
-            parser_kwargs={"default_env": False, "prog": "python -m bespoke_pl"},
+            args=argv,
+            parser_kwargs={"default_env": False, "prog": PROG},
             parser_class=OneLineErrorParser,
         )
     except CONFIG_ERRORS as error:
-        _fail("error", error, 2)
+        _fail("error", error, 2, debug)
     except RunInterrupted as error:
-        _fail("stopped", error, error.exit_code)
+        _fail("stopped", error, error.exit_code, debug)
     except RUN_FAULTS as error:
-        _fail("error", error, 1)
-    return None
+        _fail("error", error, 1, debug)
