@@ -19,7 +19,15 @@ class BaseModelError(ValueError):
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot work as written; the message names the options."""
+    """A configuration or command line that cannot work as written; the message names the options.
+
+    This includes a file an option names that is missing or unreadable, and an output that would replace
+    something that is not the command's own.
+    """
+
+
+class LoRAFileError(ValueError):
+    """A LoRA file that cannot be used: not safetensors, not a LoRA, another model family, or a misfit."""
 
 
 class OutputError(RuntimeError):

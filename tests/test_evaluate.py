@@ -10,7 +10,7 @@ from PIL import Image
 from bespoke_pl.commands.cli import main
 from bespoke_pl.commands.evaluate import evaluate
 from bespoke_pl.data.datamodule import load_pairs
-from bespoke_pl.errors import DatasetError
+from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.pixelart.grid import upscale_nearest
 from bespoke_pl.pixelart.quality import bottom_widths, foreground_masks
 
@@ -72,6 +72,6 @@ def test_evaluate_refuses_wrong_sizes_and_foreign_files(tmp_path, demo_data):
     (generated / "wide.png").unlink()
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": true}')
-    with pytest.raises(FileExistsError, match="not an evaluation report"):
+    with pytest.raises(ConfigError, match="not an evaluation report"):
         evaluate(str(generated), str(demo_data), out=str(notes))
     assert json.loads(notes.read_text()) == {"mine": True}

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from bespoke_pl.commands.cli import main
-from bespoke_pl.commands.generate import next_index
+from bespoke_pl.commands.generate import generate_images, next_index
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.devices import pick_device
 from bespoke_pl.lora.loading import LoRAFileError, read_lora_file
@@ -80,21 +80,9 @@ def test_generate_refuses_bad_lora_files_with_clear_errors(tmp_path, tiny_sd15, 
             "is not an SD",
         ),
     ]
-    for base, lora, message in cases:
+    for base, lora, message in cases:  # (the command line's one-line errors: test_command_errors.py)
         with pytest.raises(LoRAFileError, match=message):
-            main(
-                [
-                    "generate",
-                    "--base_model",
-                    str(base),
-                    "--lora",
-                    str(lora),
-                    "--prompt",
-                    "x",
-                    "--out",
-                    str(tmp_path),
-                ]
-            )
+            generate_images(str(base), str(lora), prompt="x", out=str(tmp_path))
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bespoke_pl.data.checks import scan_folder
 from bespoke_pl.data.datamodule import PixelArtDataModule, parse_colour
 from bespoke_pl.diffusion.base import caption_tokenizer
-from bespoke_pl.errors import ConfigError
+from bespoke_pl.errors import ConfigError, DatasetError
 
 
 def check_data(
@@ -39,6 +39,8 @@ def check_data(
     except ValueError as error:
         raise ConfigError(str(error)) from error
     folder = PixelArtDataModule(root).root_path
+    if not folder.is_dir():  # one line, not a report of a set that is not there
+        raise DatasetError(f"training folder {folder} does not exist or is not a folder")
     tokenizer = caption_tokenizer(base_model, base_config)
     scan = scan_folder(folder, resolution, caption_extension, colour, default_caption, tokenizer)
     print(scan.report.format(max_items=None))
@@ -48,6 +50,6 @@ def check_data(
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    CLI(check_data, args=argv)
+    run_command("check-data", check_data, argv)

@@ -9,26 +9,34 @@ import contextlib
 import importlib
 import io
 import logging
-import re
+import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
-import lightning as L
-import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bespoke_pl.callbacks.resume import RunCheckpoint
 from bespoke_pl.callbacks.roundtrip import RoundTripCheck
 from bespoke_pl.callbacks.run_folder import check_run_folder
 from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.commands.parsing import PROG, OneLineErrors, one_line, section_help
 from bespoke_pl.commands.quiet import quiet_known_noise
+from bespoke_pl.commands.resume_last import KeepEveryConfig, completed_epochs, find_last_checkpoint
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.devices import default_precision
-from bespoke_pl.errors import BaseModelError, ConfigError, DatasetError, OutputError, RunInterrupted
+from bespoke_pl.errors import (
+    BaseModelError,
+    ConfigError,
+    DatasetError,
+    LoRAFileError,
+    OutputError,
+    RunInterrupted,
+)
 from bespoke_pl.training.module import PixelLoRAModule
 from bespoke_pl.training.preflight import check_base, check_options
 
@@ -45,41 +53,6 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "logs", "name": "bespoke", "default_hp_metric": False},
     },
 }
-
-
-def find_last_checkpoint(save_dir: Path, name: str) -> Path | None:
-    """The newest ``last.ckpt`` among the runs ``save_dir/name/version_*``."""
-    # is_file: a save_last="link" symlink whose target is gone does not count
-    candidates = [p for p in (save_dir / name).glob("*/checkpoints/last*.ckpt") if p.is_file()]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def completed_epochs(checkpoint: Path) -> int | None:
-    """How many whole epochs a run's checkpoint holds (from ExactResume's state), or None if unknown."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True).get("callbacks", {})
-    except Exception:  # unreadable: let Lightning's own loading report it
-        return None
-    resume = state.get("ExactResume", {})
-    return resume["epoch"] if resume.get("batches_done") == 0 and "epoch" in resume else None
-
-
-class KeepEveryConfig(SaveConfigCallback):
-    """``config.yaml`` for a run's first invocation, ``config-resume-1.yaml``, ``-2`` ... for each resume
-    (Lightning's own overwrites the first run's settings with the resumed command's)."""
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective under DDP: every rank
-        n = 0
-        while (folder / self.config_filename).exists():
-            n += 1
-            self.config_filename = f"config-resume-{n}.yaml"
-        super().setup(trainer, pl_module, stage)
-
-
-def one_line(message: str) -> str:
-    """A parser message on one line, with ``<class 'int'>`` written ``int``."""
-    return re.sub(r"<class '([\w.]+)'>", r"\1", " ".join(part.strip() for part in message.splitlines()))
 
 
 def _tokenizer_source(base_config: str | None, base_model: str) -> str:
@@ -101,32 +74,8 @@ FIT_USAGE = (
 )
 
 
-def section_help(full_help: str, section: str) -> str:
-    """The part of ``fit --help`` that documents ``--section.*``: its heading and its options."""
-    lines = full_help.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"  --{section} CONFIG"))
-    end = next(
-        (i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith(" ")), len(lines)
-    )
-    while end > start and not lines[end - 1].strip():
-        end -= 1
-    return "\n".join(
-        [f"usage: python -m bespoke_pl fit --{section}.OPTION VALUE ...", "", *lines[start - 1 : end]]
-    )
-
-
-class OneLineErrorParser(LightningArgumentParser):
-    """Unknown keys and wrong types as one ``error:`` line, not a usage listing of every option."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        last = parser.prog.split()[-1]
-        command = last if last in BespokeCLI.subcommands() else ""
-        help_command = " ".join(["python -m bespoke_pl", command, "--help"]).replace("  ", " ")
-        sys.stderr.write(f"error: {one_line(message)} (options: {help_command})\n")
-        self.exit(2)
+class OneLineErrorParser(OneLineErrors, LightningArgumentParser):
+    """``fit``'s parser, with one-line mistakes."""
 
 
 class BespokeCLI(LightningCLI):
@@ -228,11 +177,29 @@ COMMANDS: dict[str, str] = {
     "roundtrip": "bespoke_pl.commands.roundtrip",
     "check-data": "bespoke_pl.commands.check_data",
 }
-CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, MisconfigurationException)
+# The user's mistakes (exit status 2) and the run's failures (1), for every subcommand. Nothing broader:
+# any other exception is a bug and keeps its traceback.
+CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, LoRAFileError, MisconfigurationException)
 RUN_FAULTS = (FloatingPointError, OutputError)
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "BESPOKE_PL_DEBUG"
 
 
-def _fail(prefix: str, error: BaseException, code: int) -> None:
+def _debug_requested(argv: list[str]) -> bool:
+    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(prefix: str, error: BaseException, code: int, debug: bool = False) -> NoReturn:
+    """One line (a data report: one line per problem) on stderr, and exit with ``code``.
+
+    Args:
+        prefix: ``error`` or ``stopped``.
+        error: The project's exception; its message names the file or option.
+        code: The exit status.
+        debug: Re-raise ``error`` with its whole traceback instead (``--debug``, ``BESPOKE_PL_DEBUG=1``).
+    """
+    if debug:
+        raise error
     message = str(error) if isinstance(error, DatasetError) else one_line(str(error))
     sys.stderr.write(f"{prefix}: {message}\n")
     if getattr(error, "kept", None):
@@ -240,9 +207,7 @@ def _fail(prefix: str, error: BaseException, code: int) -> None:
     raise SystemExit(code) from error
 
 
-def _build_cli(args: list[str] | None) -> BespokeCLI:
-    if args is not None:  # given from Python (tests, notebooks, section help): sys.argv is not ours
-        warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+def _build_cli(args: list[str]) -> BespokeCLI:
     return BespokeCLI(
         PixelLoRAModule,
         PixelArtDataModule,
@@ -257,7 +222,7 @@ def _build_cli(args: list[str] | None) -> BespokeCLI:
         # allow_abbrev: --trainer.max_epoch must be an error, not silently --trainer.max_epochs.
         parser_kwargs={
             "default_env": False,
-            "prog": "python -m bespoke_pl",
+            "prog": PROG,
             "allow_abbrev": False,
             "description": DESCRIPTION,
             "fit": {"usage": FIT_USAGE, "allow_abbrev": False},
@@ -269,12 +234,24 @@ def _build_cli(args: list[str] | None) -> BespokeCLI:
 def main(args: list[str] | None = None) -> BespokeCLI | None:
     """Run a command; known mistakes and faults end in a short message and an exit status, not a traceback.
 
-    Exit status 2: bad configuration or data (nothing was trained). 1: the run failed (NaN loss, a file
-    that could not be written). 130/143: stopped by SIGINT/SIGTERM after saving a checkpoint.
+    Exit status 2: bad configuration, data or input file (nothing was trained or written). 1: the run failed
+    (NaN loss, a file that could not be written). 130/143: stopped by SIGINT/SIGTERM after saving a
+    checkpoint. The same for every subcommand; ``--debug`` anywhere in ``args`` (or ``BESPOKE_PL_DEBUG=1``)
+    lets the exception through with its traceback.
+
+    Args:
+        args: The command line without the program; None reads ``sys.argv``.
     """
     argv = list(sys.argv[1:] if args is None else args)
+    debug = _debug_requested(argv)
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
+    # LightningCLI always gets argv (sys.argv less --debug), so its warning about an argument list given
+    # besides sys.argv would be about this function, not about the user's command.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # diffusers passes huggingface_hub an argument it deprecated; nothing the user can or needs to do about it.
+    warnings.filterwarnings("ignore", message=r"The `local_dir_use_symlinks` argument is deprecated")
     try:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).command(argv[1:])
@@ -289,11 +266,10 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
                 _build_cli(["fit", "--help"])
             print(section_help(full.getvalue(), asked[0]))
             return None
-        return _build_cli(None if args is None else argv)  # None reads sys.argv (LightningCLI warns on both)
+        return _build_cli(argv)
     except CONFIG_ERRORS as error:
-        _fail("error", error, 2)
+        _fail("error", error, 2, debug)
     except RunInterrupted as error:
-        _fail("stopped", error, error.exit_code)
+        _fail("stopped", error, error.exit_code, debug)
     except RUN_FAULTS as error:
-        _fail("error", error, 1)
-    return None
+        _fail("error", error, 1, debug)

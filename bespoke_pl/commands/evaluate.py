@@ -18,7 +18,7 @@ from PIL import Image
 
 from bespoke_pl.data.datamodule import PixelArtDataModule, PixelPairs
 from bespoke_pl.data.demo import resolve_demo
-from bespoke_pl.errors import DatasetError
+from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.files import atomic_write
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
 from bespoke_pl.pixelart.palette import to_art
@@ -158,6 +158,8 @@ def evaluate(
         near_copy: Share of differing pixels up to which an image is a near copy.
         kid: Also compute KID (download-free pixel features); needs >= 2 images.
     """
+    if out:
+        check_report_path(Path(out))  # refused before any work, not after it
     data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
     pairs = data.load()
     paths, images = read_generated(
@@ -178,20 +180,30 @@ def evaluate(
     return format_report(reference, rows, summary)
 
 
+def check_report_path(path: Path) -> None:
+    """Refuse ``--out`` if it is anything but a new file or an earlier report (never a file of the user's).
+
+    Raises:
+        ConfigError: ``path`` exists and is not an evaluation report.
+    """
+    if not path.exists():
+        return
+    try:
+        ours = REPORT_KEY in json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):  # not JSON, not text, a folder: not ours either way
+        ours = False
+    if not ours:
+        raise ConfigError(f"--out {path} exists and is not an evaluation report; choose another --out")
+
+
 def write_report(path: Path, report: dict) -> None:
     """Write the JSON report, replacing only an earlier report (never a file of the user's)."""
-    if path.exists():
-        try:
-            ours = REPORT_KEY in json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            ours = False
-        if not ours:
-            raise FileExistsError(f"{path} exists and is not an evaluation report; choose another --out")
+    check_report_path(path)
     text = json.dumps({REPORT_KEY: 1} | report, indent=1)
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    print(CLI(evaluate, args=argv, as_positional=False))
+    print(run_command("evaluate", evaluate, argv, as_positional=False))

@@ -18,11 +18,13 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from bespoke_pl.commands.options import device_option, output_folder
 from bespoke_pl.data.prompts import read_prompts
-from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
 from bespoke_pl.diffusion.conditioning import encode_prompts
-from bespoke_pl.diffusion.devices import pick_device, weight_dtype_for
+from bespoke_pl.diffusion.devices import weight_dtype_for
 from bespoke_pl.diffusion.sampling import Sampler, build_pipeline, generate
+from bespoke_pl.errors import ConfigError
 from bespoke_pl.lora.loading import apply_lora, check_family, read_lora_file
 from bespoke_pl.lora.metadata import DEFAULT_CLIP_SKIP, recorded_settings
 from bespoke_pl.pixelart.grid import image_grid, upscale_nearest
@@ -44,6 +46,23 @@ def _write_new_png(image: torch.Tensor, path: Path) -> None:
     """Save uint8 (3, H, W) as PNG; mode ``xb`` fails rather than overwrite an existing file."""
     with path.open("xb") as f:
         Image.fromarray(image.permute(1, 2, 0).cpu().numpy(), "RGB").save(f, format="PNG")
+
+
+def prompts_option(prompt: str | None, prompts_file: str | None) -> list[str]:
+    """:func:`~bespoke_pl.data.prompts.read_prompts` for ``--prompt`` / ``--prompts_file``; every refusal
+    (no prompt, a missing or unreadable file) is a ConfigError naming the option or the file."""
+    try:
+        return read_prompts(prompt, prompts_file)
+    except UnicodeDecodeError as error:  # before ValueError, of which it is one; its message lacks the file
+        raise ConfigError(f"--prompts_file {prompts_file} is not UTF-8 text: {error.reason}") from error
+    except FileNotFoundError as error:  # "prompts file X does not exist"
+        raise ConfigError(f"--prompts_file: {error}") from error
+    except OSError as error:  # a folder, no permission
+        raise ConfigError(
+            f"--prompts_file {prompts_file} cannot be read: {error.strerror or error}"
+        ) from error
+    except ValueError as error:  # no prompt at all; the message names both options
+        raise ConfigError(str(error)) from error
 
 
 def generate_images(
@@ -91,13 +110,15 @@ def generate_images(
         palette_lock: Map every pixel to the nearest colour (OKLab) of the training palette recorded in the
             file's header; the raw decodes are saved beside the art as ``-raw.png`` either way.
     """
+    # Every mistake in the options or the files fails here, before the base model's weights are loaded.
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    lora_file = read_lora_file(lora)  # a bad file fails before the base model is loaded
-    prompts = [p for p in read_prompts(prompt, prompts_file) for _ in range(num_images)]
-    target = pick_device(device)
+        raise ConfigError(f"--num_images must be >= 1, got {num_images}")
+    prompts = [p for p in prompts_option(prompt, prompts_file) for _ in range(num_images)]
+    folder = output_folder("--out", out)
+    target = device_option(device)
+    lora_file = read_lora_file(lora)
+    check_family(lora_file, detect_family(resolve_spec(base_model)), f"base model {base_model}")
     base = load_base(base_model, "auto", base_config)
-    check_family(lora_file, base.family, f"base model {base_model}")
     recorded = recorded_settings(lora_file.metadata)
     clip_skip = clip_skip or recorded.clip_skip or DEFAULT_CLIP_SKIP[base.family]
     if pixel_scale is None and recorded.pixel_scale is None:
@@ -127,7 +148,6 @@ def generate_images(
         log.warning("%s records no training palette; colours are not locked", lora_file.path.name)
     art = snap_and_lock(raw, pixel_scale, palette_from_hex(palette) if palette else None)
 
-    folder = Path(out).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     first = next_index(folder)
     written = []
@@ -159,7 +179,7 @@ def generate_images(
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    written = CLI(generate_images, args=argv, as_positional=False)
+    written = run_command("generate", generate_images, argv, as_positional=False)
     print(f"wrote {len(written) - 1} images and the preview sheet {written[-1]}")

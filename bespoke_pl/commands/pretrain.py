@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
+from bespoke_pl.commands.options import new_folder
+from bespoke_pl.errors import ConfigError
 from bespoke_pl.offline.tiny import Family
 from bespoke_pl.training.pretrain import pretrain_tiny_punks
 
@@ -41,12 +44,17 @@ def pretrain_tiny(
     """
     from bespoke_pl.training.measure import measure_base
 
+    if measure is None:
+        # The folder is written after the training: a taken --out or a missing --vae_from must fail now.
+        folder = new_folder("--out", out or f"tiny-punks-{family}")
+        if vae_from is not None and not (Path(vae_from).expanduser() / "vae").is_dir():
+            raise ConfigError(f"--vae_from {vae_from} is not a tiny-punks folder (it has no vae/ folder)")
     torch.set_num_threads(threads)
     lines = []
     if measure is None:
         started = time.perf_counter()
         measure = str(pretrain_tiny_punks(
-            family, out or f"tiny-punks-{family}", seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from
+            family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from
         ))  # fmt: skip
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"
@@ -57,6 +65,6 @@ def pretrain_tiny(
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    print(CLI(pretrain_tiny, args=argv, as_positional=False))
+    print(run_command("pretrain-tiny", pretrain_tiny, argv, as_positional=False))

@@ -12,9 +12,10 @@ from typing import Literal
 
 from torch import nn
 
+from bespoke_pl.commands.options import device_option
 from bespoke_pl.data.datamodule import PixelArtDataModule
-from bespoke_pl.diffusion.base import load_base, resolve_spec
-from bespoke_pl.diffusion.devices import pick_device
+from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
+from bespoke_pl.errors import BaseModelError
 from bespoke_pl.pixelart.palette import palette_of
 from bespoke_pl.pixelart.roundtrip import RoundTrip, vae_round_trip
 
@@ -22,13 +23,21 @@ log = logging.getLogger(__name__)
 
 
 def load_vae(base_model: str, base_config: str | None = None) -> nn.Module:
-    """Only the VAE of a base model (a folder or hub id), or the whole base for a single file."""
+    """Only the VAE of a base model (a folder or hub id), or the whole base for a single file.
+
+    Raises:
+        BaseModelError: The model has no readable VAE.
+    """
     from diffusers import AutoencoderKL
 
-    source = Path(resolve_spec(base_model)).expanduser()
+    spec = resolve_spec(base_model)
+    source = Path(spec).expanduser()
     if source.is_file():
         return load_base(base_model, "auto", base_config).vae.float()
-    vae = AutoencoderKL.from_pretrained(str(source) if source.is_dir() else base_model, subfolder="vae")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(source) if source.is_dir() else spec, subfolder="vae")
+    except OSError as error:  # diffusers' "does not appear to have a file named ...": no vae/ there
+        raise BaseModelError(f"cannot read the VAE of base model {base_model}: {error}") from error
     return vae.float().requires_grad_(False).eval()
 
 
@@ -56,10 +65,14 @@ def roundtrip(
         batch_size: Images per VAE call.
         device: ``auto`` (CUDA, else Apple MPS, else CPU), ``cuda``, ``mps`` or ``cpu``.
     """
+    target = device_option(device)
+    # A missing folder, a folder that is no model, a hub id not cached while offline: the base model's
+    # one-line error first, not diffusers' traceback after the data (and after its retries of the hub).
+    detect_family(resolve_spec(base_model))
     data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
     images = data.load().images
     images = images[:max_images] if max_images > 0 else images
-    vae = load_vae(base_model, base_config).to(pick_device(device))
+    vae = load_vae(base_model, base_config).to(target)
     palette = palette_of(images)
     results = []
     for k in scales or [1, 8, 16]:
@@ -83,7 +96,7 @@ def join_list_values(argv: list[str], flag: str) -> list[str]:
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    results = CLI(roundtrip, args=join_list_values(argv, "--scales"), as_positional=False)
+    results = run_command("roundtrip", roundtrip, join_list_values(argv, "--scales"), as_positional=False)
     print("\n".join(result.line() for result in results))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from bespoke_pl.commands.options import new_folder
 from bespoke_pl.offline.tiny import write_tiny_model
 
 
@@ -15,11 +16,11 @@ def tiny(family: Literal["sd15", "sdxl"] = "sdxl", out: str | None = None, seed:
         out: Output folder (must not exist or be empty); default ``./tiny-<family>``.
         seed: Seed of the random weights.
     """
-    path = write_tiny_model(family, out or f"tiny-{family}", seed=seed)
+    path = write_tiny_model(family, new_folder("--out", out or f"tiny-{family}"), seed=seed)
     print(f"wrote tiny {family} model to {path}")
 
 
 def command(argv: list[str]) -> None:
-    from jsonargparse import CLI
+    from bespoke_pl.commands.parsing import run_command
 
-    CLI(tiny, args=argv)
+    run_command("tiny", tiny, argv)

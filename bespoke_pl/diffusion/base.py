@@ -64,16 +64,45 @@ def family_of_folder(folder: Path) -> str:
 
 
 def family_of_hub(repo_id: str) -> str:
+    """The family of a hub model from its ``model_index.json``: the local cache first, then the hub.
+
+    Raises:
+        BaseModelError: Not cached and the hub cannot be reached (one line, at once), or the hub refused.
+    """
     from diffusers import DiffusionPipeline
 
     try:
-        config = DiffusionPipeline.load_config(repo_id)
-    except Exception as error:  # hub errors come in many classes; say what failed and why
-        raise BaseModelError(
-            f"cannot read base model {repo_id!r} from the hub or its cache: {error} (offline? give a local "
-            "diffusers folder or a single .safetensors file as --model.base_model)"
-        ) from error
+        config = DiffusionPipeline.load_config(repo_id, local_files_only=True)
+    except OSError:  # not in the cache
+        # Asked for a file it has not cached, huggingface_hub retries an unreachable hub five times over
+        # about 25 s and logs each try; one probe without retries tells the same in a moment.
+        unreachable = _hub_unreachable()
+        if unreachable:
+            raise BaseModelError(
+                f"base model {repo_id} is not in the Hugging Face cache and the hub cannot be reached "
+                f"({unreachable}), so it cannot be read offline; give a local diffusers folder or a single "
+                ".safetensors file"
+            ) from None
+        try:
+            config = DiffusionPipeline.load_config(repo_id)
+        except Exception as error:  # hub errors come in many classes; say what failed and why
+            raise BaseModelError(f"cannot read base model {repo_id} from the hub: {error}") from error
     return "sdxl" if "text_encoder_2" in config else "sd15"
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no network), or None when it answers."""
+    from huggingface_hub import constants, get_session
+
+    if constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    # Any failure of this one request (DNS, refused, timeout, proxy) means the hub is out of reach; the
+    # HTTP client's error classes are not huggingface_hub's to name, so the message names the class.
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def family_of_file(path: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bespoke_pl.errors import LoRAFileError
 from bespoke_pl.lora.files import DIFFUSERS_METADATA_KEY
 from bespoke_pl.lora.inject import LoRAWeights
 from bespoke_pl.lora.kohya import accepted_names, diffusers_path, sgm_block_paths
@@ -50,10 +51,6 @@ UNSUPPORTED = {
     r"\.lora_B\.bias$": "LoRA with bias terms",
     r"^bundle_emb\.": "bundled textual-inversion embeddings",
 }
-
-
-class LoRAFileError(ValueError):
-    """A LoRA file that cannot be used: not safetensors, not a LoRA, another model family, or a misfit."""
 
 
 @dataclass
@@ -187,7 +184,7 @@ def check_family(lora: LoRAFile, family: str, base_name: str = "the base model")
     if lora.family is not None and lora.family != family:
         raise LoRAFileError(
             f"{lora.path} is a LoRA for {FAMILY_NAMES[lora.family]}, but {base_name} is "
-            f"{FAMILY_NAMES[family]}; use a {FAMILY_NAMES[lora.family]} base model"
+            f"{FAMILY_NAMES[family]}; use an {FAMILY_NAMES[lora.family]} base model"
         )
 
 

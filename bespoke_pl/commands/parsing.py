@@ -1,0 +1,70 @@
+"""How every subcommand parses its command line: usage lines naming ``python -m bespoke_pl <command>``, and
+a mistake in the arguments as one ``error:`` line with the ``--help`` to read, not a usage listing.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jsonargparse import ArgumentParser
+
+
+def one_line(message: str) -> str:
+    """A parser message on one line, with ``<class 'int'>`` written ``int``."""
+    return re.sub(r"<class '([\w.]+)'>", r"\1", " ".join(part.strip() for part in message.splitlines()))
+
+
+def section_help(full_help: str, section: str) -> str:
+    """The part of ``fit --help`` that documents ``--section.*``: its heading and its options."""
+    lines = full_help.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"  --{section} CONFIG"))
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith(" ")), len(lines)
+    )
+    while end > start and not lines[end - 1].strip():
+        end -= 1
+    return "\n".join(
+        [f"usage: python -m bespoke_pl fit --{section}.OPTION VALUE ...", "", *lines[start - 1 : end]]
+    )
+
+
+class OneLineErrors:
+    """For jsonargparse parsers: unknown keys and wrong types as one ``error:`` line, not a usage listing
+    of every option; the hint names the subcommand's ``--help``."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        # prog is PROG, "PROG <command>" or (fit's, from LightningCLI's subcommands) "PROG [options] fit"
+        command = "" if parser.prog == PROG else parser.prog.split()[-1]
+        help_command = " ".join(part for part in (PROG, command, "--help") if part)
+        sys.stderr.write(f"error: {one_line(message)} (options: {help_command})\n")
+        self.exit(2)
+
+
+PROG = "python -m bespoke_pl"  # how the usage lines and hints name the program, for every subcommand
+
+
+T = TypeVar("T")
+
+
+class CommandParser(OneLineErrors, ArgumentParser):
+    """The parser of the subcommands besides ``fit``, with ``fit``'s one-line mistakes."""
+
+
+def run_command(name: str, function: Callable[..., T], argv: list[str], **kwargs: Any) -> T:
+    """Parse ``argv`` into ``function``'s parameters with jsonargparse and call it.
+
+    Args:
+        name: The subcommand (``generate``), for its usage line and the ``--help`` hint of a mistake.
+        function: The command's function; its signature and docstring are the options and their help.
+        argv: The arguments after the subcommand's name.
+        **kwargs: More options of jsonargparse's ``CLI`` (``as_positional``).
+    """
+    from jsonargparse import CLI
+
+    return CLI(function, args=argv, parser_class=CommandParser, prog=f"{PROG} {name}", **kwargs)
