@@ -1,8 +1,11 @@
 """Training speed and memory of bespoke_pl against a bare PyTorch loop, on the tiny offline models.
 
-    python benchmarks/train_speed.py                      # tiny SD1.5 + SDXL, pixel_scale 1 and 8
+    python benchmarks/train_speed.py                      # tiny SD1.5 + SDXL, pixel_scale 1, 8 and native
     python benchmarks/train_speed.py --families sdxl --scales 8 --steps 60
     python benchmarks/train_speed.py --real --scales 8 --batches 1 4 8 16   # on a GPU
+    python benchmarks/train_speed.py --real --batches 1 2 --checkpointing    # the shipped configs' scales
+
+"native" is the shipped configs' pixel_scale: 40 for SDXL (960 px), 24 for SD 1.5 (576 px).
 
 Each configuration runs in its own process (so peak memory is its own): the trainer (Lightning, the
 real module and data module, TensorBoard logging as in a real run) with and without the caches, and a
@@ -35,12 +38,17 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+NATIVE_SCALE = {"sdxl": 40, "sd15": 24}  # configs/sdxl.yaml, configs/sd15.yaml
+CHECKPOINTING = False  # set per configuration process from its spec
+
+
 def make_module(family: str, scale: int, real: bool, **kwargs):
     """The real module on the tiny model, or on the real architecture with random weights (``real``)."""
     from bespoke_pl.training.module import PixelLoRAModule
 
     clip_skip = 2 if family == "sdxl" else 1
     rank = 16 if real else 4
+    kwargs.setdefault("gradient_checkpointing", CHECKPOINTING)
     module = PixelLoRAModule(
         f"tiny:{family}", pixel_scale=scale, rank=rank, alpha=rank, clip_skip=clip_skip, **kwargs
     )
@@ -145,7 +153,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--families", nargs="+", default=["sd15", "sdxl"])
-    parser.add_argument("--scales", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--scales", nargs="+", type=int, help="pixel scales (default: 1, 8 and native)")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing on (as configs/sdxl.yaml)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -161,7 +172,10 @@ def main() -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one(json.loads(args.one))))
+        spec = json.loads(args.one)
+        global CHECKPOINTING
+        CHECKPOINTING = spec.get("checkpointing", False)
+        print(json.dumps(one(spec)))
         return
 
     from bespoke_pl.data.demo import demo_dataset_path
@@ -179,12 +193,13 @@ def main() -> None:
     print("-" * len(header))
     names = {"bare": "bare loop", "cached": "trainer, caches", "uncached": "trainer, no cache"}
     for family in args.families:
-        for scale in args.scales:
+        for scale in args.scales or [1, 8, NATIVE_SCALE[family]]:
             for batch in batches:
                 results = {}
                 for mode in args.modes:
                     spec = {"family": family, "scale": scale, "mode": mode, "batch": batch, "steps": args.steps,
-                            "warmup": args.warmup, "data": data, "real": args.real}  # fmt: skip
+                            "warmup": args.warmup, "data": data, "real": args.real,
+                            "checkpointing": args.checkpointing}  # fmt: skip
                     command = [sys.executable, __file__, "--one", json.dumps(spec)]
                     out = subprocess.run(command, env=env, capture_output=True, text=True)
                     if out.returncode:

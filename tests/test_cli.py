@@ -104,11 +104,15 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["pixel_scale"] == 8
+    # Near-native, grid-aligned sizes by default (960 px SDXL, 576 px SD 1.5); 192 px for the fast ones.
+    scale = {"sdxl.yaml": 40, "sd15.yaml": 24}.get(config.name, 8)
+    assert printed["model"]["pixel_scale"] == scale
     assert printed["trainer"]["max_epochs"] == 3
     assert printed["data"]["resolution"] == 24 and "resolution" not in printed["model"]  # linked
-    expected = {"sdxl.yaml": 2, "sd15.yaml": 1, "demo.yaml": 2}[config.name]
-    assert printed["model"]["clip_skip"] == expected
+    assert printed["model"]["clip_skip"] == (1 if config.name.startswith("sd15") else 2)
+    if config.name.startswith(("sdxl", "sd15")):  # the effective batch the learning rate is tuned for
+        assert printed["data"]["batch_size"] * printed["trainer"]["accumulate_grad_batches"] == 4
+    assert printed["model"]["gradient_checkpointing"] == (config.name == "sdxl.yaml")
 
 
 def test_help_documents_the_settings(capsys):

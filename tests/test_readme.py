@@ -3,7 +3,7 @@
 Offline, the way a user without a download would run them: hub ids become the tiny specs of the same
 family, ``~/bespokepunks`` is a folder of demo punks in a temporary ``$HOME``, and the real configs'
 runs are cut to one batch per epoch and two sampling steps (``--trainer.limit_train_batches 1
---sample.steps 2``), the pretraining to a few steps. A command whose comment says ``[download]`` or
+--sample.steps 2``), the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
 ``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs.
 """
 
@@ -30,7 +30,7 @@ HUB_IDS = {
 FAST = {
     "configs/sdxl.yaml": "--model.base_model tiny:sdxl --trainer.limit_train_batches 1 --sample.steps 2",
     "configs/sd15.yaml": "--model.base_model tiny:sd15 --trainer.limit_train_batches 1 --sample.steps 2",
-    "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --unet_steps 2 --batch_size 2",
+    "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --unet_steps 2 --batch_size 2 --samples 2",
 }
 
 

@@ -142,7 +142,11 @@ def generate_images(
     seeds = [seed + i for i in range(len(prompts))]
     size = resolution * pixel_scale
     log.info("generating %d images at %dpx on %s (clip skip %d)", len(prompts), size, target, clip_skip)
-    raw = generate(pipe, encode, prompts, seeds, size, negative_prompt, steps, guidance_scale, batch_size)
+    # SDXL is told the size the LoRA was trained with (its header), unless the image size was overridden.
+    told = recorded.sdxl_size if recorded.sdxl_size and pixel_scale == recorded.pixel_scale else None
+    raw = generate(
+        pipe, encode, prompts, seeds, size, negative_prompt, steps, guidance_scale, batch_size, told
+    )
     palette = recorded.palette if palette_lock else None
     if palette_lock and not palette:
         log.warning("%s records no training palette; colours are not locked", lora_file.path.name)

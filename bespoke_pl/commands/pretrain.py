@@ -24,6 +24,7 @@ def pretrain_tiny(
     vae_from: str | None = None,
     threads: int = 2,
     measure: str | None = None,
+    samples: int = 16,
 ) -> str:
     """Pretrain a tiny punk base on CPU, then print its wall time and how well it draws.
 
@@ -40,7 +41,8 @@ def pretrain_tiny(
         batch_size: Images per step.
         vae_from: A tiny-punks folder whose VAE to reuse instead of training one.
         threads: CPU threads; the same seed and thread count give the same weights.
-        measure: Measure this base (16 samples) instead of pretraining.
+        measure: Measure this base instead of pretraining.
+        samples: How many samples the figures are measured on (the issue of record's bar: 16).
     """
     from bespoke_pl.training.measure import measure_base
 
@@ -59,8 +61,8 @@ def pretrain_tiny(
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"
         )
-    values = measure_base(measure)
-    lines.append(f"{measure}, 16 samples: " + " ".join(f"{k}={v:.3f}" for k, v in values.items()))
+    values = measure_base(measure, count=samples)
+    lines.append(f"{measure}, {samples} samples: " + " ".join(f"{k}={v:.3f}" for k, v in values.items()))
     return "\n".join(lines)
 
 

@@ -21,6 +21,8 @@ from bespoke_pl.pixelart.roundtrip import RoundTrip, vae_round_trip
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SCALES = [1, 8, 16, 24, 40]
+
 
 def load_vae(base_model: str, base_config: str | None = None) -> nn.Module:
     """Only the VAE of a base model (a folder or hub id), or the whole base for a single file.
@@ -57,7 +59,7 @@ def roundtrip(
     Args:
         base_model: Hub id, local diffusers folder, single file, or ``tiny:sd15`` / ``tiny:sdxl``.
         data_root: The training folder (or ``demo:punks``).
-        scales: Pixel scales k to try (default 1 8 16).
+        scales: Pixel scales k to try (default 1 8 16 24 40: the fast configs' 8, sd15.yaml's 24, sdxl.yaml's 40).
         base_config: For a single-file base: where to read component configs from.
         resolution: Side of the training images.
         background: Colour under transparent pixels (as for training).
@@ -75,7 +77,7 @@ def roundtrip(
     vae = load_vae(base_model, base_config).to(target)
     palette = palette_of(images)
     results = []
-    for k in scales or [1, 8, 16]:
+    for k in scales or DEFAULT_SCALES:
         result = vae_round_trip(vae, images, k, palette, batch_size)
         log.info("VAE round trip %s", result.line())
         results.append(result)

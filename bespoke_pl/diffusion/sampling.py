@@ -90,6 +90,7 @@ def generate(
     steps: int = 20,
     guidance_scale: float = 5.0,
     batch_size: int = 4,
+    conditioning_size: int | None = None,
 ) -> torch.Tensor:
     """Generate one image per (prompt, seed) pair at ``size`` x ``size``: uint8 (N, 3, size, size).
 
@@ -103,7 +104,9 @@ def generate(
         steps: Denoising steps.
         guidance_scale: Classifier-free guidance scale; 1 disables the unconditional branch.
         batch_size: Images per pipeline call.
+        conditioning_size: SDXL's original/target size conditioning (the training run's); unset: ``size``.
     """
+    told = conditioning_size or size
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     unet_dtype = next(pipe.unet.parameters()).dtype
@@ -118,8 +121,8 @@ def generate(
             kwargs |= {
                 "pooled_prompt_embeds": positive.pooled,
                 "negative_pooled_prompt_embeds": negative.pooled,
-                "original_size": (size, size),
-                "target_size": (size, size),
+                "original_size": (told, told),
+                "target_size": (told, told),
             }
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in chunk_seeds]
         # Mixed precision only where the frozen weights are in half precision (CUDA); the VAE stays fp32.

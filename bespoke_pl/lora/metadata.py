@@ -143,6 +143,7 @@ def training_metadata(
         ),
         "bespoke_pl.family": family,
         "bespoke_pl.pixel_scale": h.pixel_scale,
+        "bespoke_pl.sdxl_size": (h.get("sdxl_size") or size) if family == "sdxl" else None,
         "bespoke_pl.resolution": h.resolution,
         "bespoke_pl.clip_skip": h.clip_skip,
         "bespoke_pl.palette": json.dumps(palette_to_hex(pairs.palette) if pairs else []),
@@ -157,6 +158,7 @@ class RecordedSettings:
     """What a LoRA file's header says about how to generate with it; None where it says nothing."""
 
     pixel_scale: int | None = None
+    sdxl_size: int | None = None
     clip_skip: int | None = None
     resolution: int | None = None
     palette: list[str] | None = None
@@ -177,6 +179,7 @@ def recorded_settings(metadata: dict[str, str]) -> RecordedSettings:
         clip_skip = _int(metadata.get("ss_clip_skip")) or _int(metadata.get("modelspec.encoder_layer"))
     return RecordedSettings(
         pixel_scale=_int(metadata.get("bespoke_pl.pixel_scale")),
+        sdxl_size=_int(metadata.get("bespoke_pl.sdxl_size")),
         clip_skip=clip_skip,
         resolution=_int(metadata.get("bespoke_pl.resolution")),
         palette=json.loads(palette) if palette else None,

@@ -82,6 +82,9 @@ class PixelLoRAModule(L.LightningModule):
             they come back only for sampling.
         skip_nonfinite_loss: How many batches with a NaN/inf loss may be skipped (no weight update) before
             the run stops; 0 stops at the first. Skips are logged as ``train/skipped_batches``.
+        sdxl_size: The original/target size SDXL's time ids tell the UNet, in px (e.g. 1024: "a 1024 px
+            image"); unset: the training size, ``resolution * pixel_scale``. Recorded in the LoRA file, so
+            ``generate`` conditions the same way. SD 1.5 has no size conditioning.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class PixelLoRAModule(L.LightningModule):
         cache_text: bool = True,
         offload_frozen: bool = True,
         skip_nonfinite_loss: int = 0,
+        sdxl_size: int | None = None,
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -207,6 +211,11 @@ class PixelLoRAModule(L.LightningModule):
     def image_size(self) -> int:
         return self.hparams.resolution * self.hparams.pixel_scale
 
+    @property
+    def conditioning_size(self) -> int:
+        """The image size SDXL is told (original and target size time ids): ``sdxl_size`` or the real one."""
+        return self.hparams.sdxl_size or self.image_size
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 art (B, 3, 24, 24) -> scaled latents (B, 4, 3k, 3k) through the fp32 VAE.
@@ -228,7 +237,7 @@ class PixelLoRAModule(L.LightningModule):
             return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip).to(self.device)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
-        return predict_noise(self.unet, noisy, timesteps, embeds, self.image_size)
+        return predict_noise(self.unet, noisy, timesteps, embeds, self.conditioning_size)
 
     # ------------------------------------------------------------------------------------- training
     def compute_loss(self, latents: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
@@ -327,9 +336,9 @@ class PixelLoRAModule(L.LightningModule):
         try:
             parts = (self.family, self.unet, self.vae, self.tokenizers, list(self.text_encoders))
             pipe = build_pipeline(*parts, self.scheduler_config, sampler)
-            size = self.image_size
+            size, told = self.image_size, self.conditioning_size
             return generate(
-                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale
+                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale, 4, told
             )
         finally:
             restore()
