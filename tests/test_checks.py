@@ -126,8 +126,11 @@ def test_palette_transparency(tmp_path):
 
 
 def test_empty_and_missing_folders(tmp_path):
-    with pytest.raises(DatasetError, match=f"training folder {tmp_path / 'nope'}.*\n  does not exist"):
+    with pytest.raises(DatasetError) as raised:
         load_pairs(tmp_path / "nope")
+    assert (
+        str(raised.value) == f"training folder {tmp_path / 'nope'} does not exist or is not a folder"
+    )  # one line
     (tmp_path / "sub").mkdir()
     Image.fromarray(rgb(0)).save(tmp_path / "sub" / "a.png")
     with pytest.raises(DatasetError) as raised:

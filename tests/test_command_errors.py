@@ -10,6 +10,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+from PIL import Image
 
 from bespoke_pl.commands.cli import COMMANDS, main
 from bespoke_pl.errors import DatasetError
@@ -144,3 +145,29 @@ def test_debug_shows_the_traceback(how, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="does not exist or is not a folder") as raised:
         main(args)
     assert Path(raised.traceback[-1].path).name == "check_data.py"  # raised where it happened
+
+
+def test_wrong_size_images_suggest_their_resolution(tmp_path, capsys):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("pixel art")
+    with pytest.raises(SystemExit) as raised:
+        main(["check-data", str(folder)])
+    assert raised.value.code == 2
+    out = capsys.readouterr().out
+    assert "all 3 images are 32x32: for art of that size give --data.resolution 32" in out
+    main(["check-data", str(folder), "--resolution", "32"])  # and with it the folder is fine
+
+
+def test_evaluate_on_a_samples_folder_measures_the_art_only(tmp_path, capsys):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (24, 24), (i, 0, 0)).save(folder / f"0{i}-seed4{i}.png")
+        for suffix, side in (("-raw", 192), ("-snapped", 24), ("-preview", 192)):
+            Image.new("RGB", (side, side), (i, 0, 0)).save(folder / f"0{i}-seed4{i}{suffix}.png")
+    main(["evaluate", "--generated", str(folder), "--data_root", "demo:punks", "--out", "null"])
+    out = capsys.readouterr().out
+    assert "00-seed40.png" in out and "-raw" not in out and "-preview" not in out

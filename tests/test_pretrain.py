@@ -90,3 +90,15 @@ def test_punk_image_is_the_demo_set_image(tmp_path):
     folder = write_demo_dataset(tmp_path / "neon", count=3, style="neon")
     saved = torch.from_numpy(np.array(Image.open(folder / "punk_002.png"))).permute(2, 0, 1)
     assert torch.equal(punk_image(2, "neon"), saved)
+
+
+def test_the_background_recipe_changes_only_the_unet_training(tmp_path):
+    """--noise_offset / --high_noise_weight reach the UNet's training (other weights), not the VAE's."""
+    steps = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
+    plain = pretrain_tiny_punks("sdxl", tmp_path / "a", seed=5, **steps)
+    weighted = pretrain_tiny_punks(
+        "sdxl", tmp_path / "b", seed=5, noise_offset=0.1, high_noise_weight=20, **steps
+    )
+    a, b = digests(plain), digests(weighted)
+    assert a["vae/diffusion_pytorch_model.safetensors"] == b["vae/diffusion_pytorch_model.safetensors"]
+    assert a["unet/diffusion_pytorch_model.safetensors"] != b["unet/diffusion_pytorch_model.safetensors"]

@@ -10,6 +10,7 @@ are, how wide their bottom rows are, and how far each is from its nearest other 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,10 @@ from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
 from bespoke_pl.pixelart.palette import to_art
 from bespoke_pl.pixelart.quality import TOLERANCE, colour_counts
 
+log = logging.getLogger(__name__)
+
+DEFAULT_PATTERN = "*.png"
+SAMPLE_SUFFIXES = ("-raw", "-snapped", "-preview")  # the callback's companions of each sample
 REPORT_KEY = "bespoke_pl.evaluate"  # marks our JSON, so a re-run may replace it and nothing else
 
 
@@ -32,6 +37,14 @@ def read_generated(folder: Path, pattern: str, resolution: int) -> tuple[list[Pa
     if not folder.is_dir():
         raise DatasetError(f"generated folder {folder} does not exist or is not a folder")
     paths = sorted(p for p in folder.glob(pattern) if p.is_file())
+    if pattern == DEFAULT_PATTERN:
+        # A samples folder holds each sample four times (art, -raw, -snapped, -preview): measuring them all
+        # would mix four kinds of image in one set. The default takes the art; --pattern chooses others.
+        kinds = [p for p in paths if p.stem.endswith(SAMPLE_SUFFIXES)]
+        if kinds and len(kinds) < len(paths):
+            paths = [p for p in paths if p not in set(kinds)]
+            log.info("measuring the %d art images of %s; %d -raw/-snapped/-preview files left out "
+                     "(--pattern '*-raw.png' measures the decodes)", len(paths), folder, len(kinds))  # fmt: skip
     if not paths:
         raise DatasetError(f"no images matching {pattern!r} in {folder}")
     images, problems = [], []
@@ -129,7 +142,7 @@ def evaluate(
     generated: str,
     data_root: str,
     out: str | None = "evaluation.json",
-    pattern: str = "*.png",
+    pattern: str = DEFAULT_PATTERN,
     resolution: int = 24,
     background: str | None = None,
     palette_lock: bool = False,
@@ -147,7 +160,8 @@ def evaluate(
             or ``demo:punks``.
         data_root: The training folder (or ``demo:punks``); the reference.
         out: JSON report path (an earlier report there is replaced, any other file is refused); null: none.
-        pattern: Which files of ``generated`` to measure (a glob, e.g. ``'*-raw.png'``).
+        pattern: Which files of ``generated`` to measure (a glob, e.g. ``'*-raw.png'``); the default leaves a
+            samples folder's -raw, -snapped and -preview companions out and measures the art.
         resolution: Side of the art in pixels.
         background: Colour under transparent training pixels (as for training).
         palette_lock: Lock the generated images to the training palette before measuring.

@@ -10,7 +10,7 @@ import torch
 from bespoke_pl.commands.options import new_folder
 from bespoke_pl.errors import ConfigError
 from bespoke_pl.offline.tiny import Family
-from bespoke_pl.training.pretrain import pretrain_tiny_punks
+from bespoke_pl.training.pretrain import HIGH_NOISE_WEIGHT, NOISE_OFFSET, pretrain_tiny_punks
 
 
 def pretrain_tiny(
@@ -25,6 +25,8 @@ def pretrain_tiny(
     threads: int = 2,
     measure: str | None = None,
     samples: int = 16,
+    noise_offset: float = NOISE_OFFSET,
+    high_noise_weight: float = HIGH_NOISE_WEIGHT,
 ) -> str:
     """Pretrain a tiny punk base on CPU, then print its wall time and how well it draws.
 
@@ -43,6 +45,9 @@ def pretrain_tiny(
         threads: CPU threads; the same seed and thread count give the same weights.
         measure: Measure this base instead of pretraining.
         samples: How many samples the figures are measured on (the issue of record's bar: 16).
+        noise_offset: Noise offset of the UNet training (0: the shipped bases' recipe; 0.1 with
+            ``high_noise_weight 20`` makes the samples follow the prompted background).
+        high_noise_weight: Cap of the UNet loss's high-noise weight ``1 / alpha_bar`` (1: plain epsilon MSE).
     """
     from bespoke_pl.training.measure import measure_base
 
@@ -56,7 +61,8 @@ def pretrain_tiny(
     if measure is None:
         started = time.perf_counter()
         measure = str(pretrain_tiny_punks(
-            family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from
+            family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from,
+            noise_offset, high_noise_weight,
         ))  # fmt: skip
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"

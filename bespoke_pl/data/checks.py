@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bespoke_pl.data.report import CLIP_MAX_LENGTH, DataReport
+from bespoke_pl.data.report import CLIP_MAX_LENGTH, MISSING_FOLDER, DataReport
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def scan_folder(
     if tokenizer is not None:
         report.token_counter = f"{type(tokenizer).__name__} of the base model"
     if not folder.is_dir():
-        report.add("error", "does not exist or is not a folder", "")
+        report.add("error", MISSING_FOLDER, "")
         return scan
 
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
@@ -259,4 +259,24 @@ def scan_folder(
         report.colours.append(len(np.unique(pixels.reshape(-1, 3), axis=0)))
         report.caption_tokens.append(tokens)
         report.tags.update(tag.strip().lower() for tag in caption.split(",") if tag.strip())
+    _suggest_resolution(report, resolution)
     return scan
+
+
+def _suggest_resolution(report: DataReport, resolution: int) -> None:
+    """When every image is refused for one other square size, that size is most likely the art's own."""
+    sizes = Counter(
+        finding.item.rsplit("(", 1)[-1].rstrip(")")
+        for finding in report.findings
+        if finding.problem == f"not {resolution}x{resolution}"
+    )
+    if len(sizes) == 1 and sum(sizes.values()) == report.images:
+        (size,) = sizes
+        side, _, other = size.partition("x")
+        if side == other:
+            report.add(
+                "error",
+                f"all {report.images} images are {size}: for art of that size give --data.resolution {side} "
+                f"(check-data: --resolution {side})",
+                "",
+            )

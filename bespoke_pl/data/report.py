@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+MISSING_FOLDER = "does not exist or is not a folder"
+
 CLIP_MAX_LENGTH = 77  # tokens, including the start and end tokens
 
 
@@ -48,6 +50,9 @@ class DataReport:
 
     def format(self, max_items: int | None = 30) -> str:
         """The findings grouped by problem, errors first; ``max_items`` files per problem (None: all)."""
+        missing = [f for f in self.findings if f.problem == MISSING_FOLDER]
+        if missing and len(self.findings) == 1:  # nothing else can be said about a folder that is not there
+            return f"training folder {self.folder} {MISSING_FOLDER}"
         head = f"{self.images} images in {self.folder}" if self.images else f"training folder {self.folder}"
         lines = [f"{head}; these cannot be used:" if self.errors else f"{head}: no errors"]
         cut = False
