@@ -286,7 +286,7 @@ def test_resuming_from_an_older_checkpoint_never_replaces_a_finished_epoch(tmp_p
     fit(2)
     folder = tmp_path / "run" / "version_0"
     stamps = {p.name: sha(p) for p in folder.glob("*.safetensors")}
-    fit(2, ckpt_path=tmp_path / "keep" / "epoch=0.ckpt")  # redo epoch 2 from epoch 1's end
+    fit(2, ckpt_path=tmp_path / "keep" / "epoch=1.ckpt")  # redo epoch 2 from epoch 1's end (epochs from 1)
     assert {name: sha(folder / name) for name in stamps} == stamps
     assert (folder / "punk-000002-1.safetensors").is_file()
 

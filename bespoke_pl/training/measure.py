@@ -11,7 +11,8 @@ from bespoke_pl.diffusion.conditioning import encode_prompts
 from bespoke_pl.diffusion.sampling import build_pipeline, generate
 from bespoke_pl.pixelart.grid import reduce_blocks
 from bespoke_pl.pixelart.metrics import PixelArtQuality
-from bespoke_pl.training.pretrain import CLIP_SKIP, PIXEL_SCALE, punk_image
+from bespoke_pl.training.pretrain import CLIP_SKIP
+from bespoke_pl.training.pretrain_vae import PIXEL_SCALE, punk_image
 
 
 @torch.no_grad()
