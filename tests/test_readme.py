@@ -2,8 +2,8 @@
 
 Offline, the way a user without a download would run them: hub ids become the tiny specs of the same
 family, ``~/bespokepunks`` is a folder of demo punks in a temporary ``$HOME``, and the real configs'
-runs are cut to one batch per epoch and two sampling steps (``--trainer.limit_train_batches 1
---sample.steps 2``), the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
+runs are cut to one batch per epoch and one two-step sample (``SMALL_RUN``), generating with their LoRA
+to two steps, the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
 ``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs.
 """
 
@@ -27,9 +27,16 @@ HUB_IDS = {
     "stabilityai/stable-diffusion-xl-base-1.0": "tiny:sdxl",
     "runwayml/stable-diffusion-v1-5": "tiny:sd15",
 }
+# At the real configs' 960 / 576 px even the tiny VAE is slow on a CPU: one batch per epoch, its own
+# images encoded (no cache of all 48), one prompt of two steps sampled, two images round-tripped.
+SMALL_RUN = (
+    "--trainer.limit_train_batches 1 --model.cache_latents false --sample.steps 2 --sample.num_prompts 1 "
+    "--roundtrip.max_images 2"
+)
 FAST = {
-    "configs/sdxl.yaml": "--model.base_model tiny:sdxl --trainer.limit_train_batches 1 --sample.steps 2",
-    "configs/sd15.yaml": "--model.base_model tiny:sd15 --trainer.limit_train_batches 1 --sample.steps 2",
+    "configs/sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN}",
+    "configs/sd15.yaml": f"--model.base_model tiny:sd15 {SMALL_RUN}",
+    "--lora logs/bespoke-sdxl/": "--steps 2",
     "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --unet_steps 2 --batch_size 2 --samples 2",
 }
 

@@ -79,7 +79,7 @@ def roundtrip(
     results = []
     for k in scales or DEFAULT_SCALES:
         result = vae_round_trip(vae, images, k, palette, batch_size)
-        log.info("VAE round trip %s", result.line())
+        log.debug("VAE round trip %s", result.line())  # the command prints each line once, at the end
         results.append(result)
     return results
 
