@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +21,31 @@ def cache_root(override: str | Path | None = None) -> Path:
         return Path(override)
     env = os.environ.get("BESPOKE_PL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "bespoke_pl"
+
+
+def spec_name(spec: str, prefix: str, names: Iterable[str], kind: str) -> str | None:
+    """The name of a ``prefix:name`` spec (``tiny:sdxl``, ``demo:punks``...), or None for a spec without it.
+
+    Args:
+        spec: What the user gave (a spec, a path or a hub id).
+        prefix: ``"tiny:"``, ``"tiny-punks:"``, ``"demo:"``.
+        names: The valid names after the prefix.
+        kind: What the specs name, for the message (``"tiny model"``).
+
+    Raises:
+        ValueError: The spec has the prefix but none of the names; the message lists the valid specs.
+    """
+    if not spec.startswith(prefix):
+        return None
+    name, names = spec.removeprefix(prefix), list(names)
+    if name not in names:
+        raise ValueError(f"unknown {kind} {spec!r}; valid: {', '.join(prefix + n for n in names)}")
+    return name
+
+
+def is_free_folder(path: Path) -> bool:
+    """Whether a folder may be created at ``path``: nothing there, or an empty folder."""
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -63,7 +88,7 @@ def atomic_folder(out: str | Path) -> Iterator[Path]:
         FileExistsError: ``out`` exists and is not an empty folder, before or after building.
     """
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not is_free_folder(out):
         raise FileExistsError(f"refusing to overwrite non-empty {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

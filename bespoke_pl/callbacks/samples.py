@@ -15,6 +15,7 @@ from bespoke_pl.data.datamodule import PixelPairs, training_pairs
 from bespoke_pl.data.demo_style import demo_measures
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.sampling import Sampler
+from bespoke_pl.files import atomic_write
 from bespoke_pl.pixelart.contact_sheet import contact_sheet, read_epoch_rows
 from bespoke_pl.pixelart.grid import image_grid, reduce_blocks, upscale_nearest
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
@@ -138,16 +139,16 @@ class SampleImages(L.Callback):
                 save_png(raw[i], stem.with_name(stem.name + "-raw.png"))
                 if self.snap and palette is not None:
                     save_png(snapped[i], stem.with_name(stem.name + "-snapped.png"))
-            (folder / "prompts.json").write_text(
-                json.dumps(dict(zip(map(str, seeds), prompts, strict=True)), indent=1)
-            )
+            text = json.dumps(dict(zip(map(str, seeds), prompts, strict=True)), indent=1)
+            atomic_write(folder / "prompts.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
             for experiment in self._tensorboards(trainer):
                 experiment.add_image("samples/art", image_grid(previews), trainer.global_step)
                 experiment.add_image("samples/raw", image_grid(raw), trainer.global_step)
+            # The measures judge the 24x24 grid, also when the saved images stay at 24k px (snap off).
+            grid, art_grid = (snapped, art) if self.snap else (reduce_blocks(raw, k), reduce_blocks(art, k))
             if self.metrics and pairs is not None:
-                values = self.measure(pairs, k, raw, snapped, art)
+                values = self.measure(pairs, k, raw, grid, art_grid)
             if self.demo_measures:
-                grid = snapped if self.snap else reduce_blocks(raw, k)
                 values |= {f"demo/{name}": v for name, v in demo_measures(grid, prompts).items()}
             if self.contact_sheet:
                 self.write_contact_sheet(trainer)
@@ -176,8 +177,6 @@ class SampleImages(L.Callback):
         """The quality metrics as ``quality/{raw,art}/<name>`` floats: ``raw`` judges what the model drew
         (the snapped grid, and the decodes for grid fidelity), ``art`` the final, palette-locked images."""
         train = pairs.images
-        if not self.snap:  # the final images stay at 24k px: measure their grid as the art
-            snapped, art = reduce_blocks(raw, k), reduce_blocks(art, k)
         if not self.quality:
             # Only rank zero samples, so the metrics must not wait for the other processes to sync.
             options = {"colour_range": self.colour_range, "kid": self.kid, "sync_on_compute": False}

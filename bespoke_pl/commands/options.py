@@ -11,6 +11,7 @@ import torch
 
 from bespoke_pl.diffusion.devices import pick_device
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.files import is_free_folder
 
 
 def new_folder(option: str, path: str | Path) -> Path:
@@ -21,7 +22,7 @@ def new_folder(option: str, path: str | Path) -> Path:
         path: The folder.
     """
     folder = Path(path).expanduser()
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+    if not is_free_folder(folder):
         raise ConfigError(f"{option} {folder} exists and is not an empty folder; give a new or empty folder")
     return folder
 

@@ -16,7 +16,6 @@ from bespoke_pl.commands.options import device_option
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
 from bespoke_pl.errors import BaseModelError
-from bespoke_pl.pixelart.palette import palette_of
 from bespoke_pl.pixelart.roundtrip import RoundTrip, vae_round_trip
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,10 @@ def roundtrip(
     # one-line error first, not diffusers' traceback after the data (and after its retries of the hub).
     detect_family(resolve_spec(base_model))
     data = PixelArtDataModule(data_root, resolution, background=background, default_caption="")
-    images = data.load().images
-    images = images[:max_images] if max_images > 0 else images
+    pairs = data.load()
+    images = pairs.images[:max_images] if max_images > 0 else pairs.images
     vae = load_vae(base_model, base_config).to(target)
-    palette = palette_of(images)
+    palette = pairs.palette  # the whole set's, as fit's check locks to, also for a --max_images subset
     results = []
     for k in scales or DEFAULT_SCALES:
         result = vae_round_trip(vae, images, k, palette, batch_size)

@@ -116,6 +116,7 @@ def _check_image(path: Path, resolution: int, background, report: DataReport) ->
                 )
                 return None
             if image.size != (resolution, resolution):
+                report.refused_sizes[image.size] += 1
                 report.add(
                     "error", f"not {resolution}x{resolution}", f"{name} ({image.width}x{image.height})"
                 )
@@ -259,24 +260,19 @@ def scan_folder(
         report.colours.append(len(np.unique(pixels.reshape(-1, 3), axis=0)))
         report.caption_tokens.append(tokens)
         report.tags.update(tag.strip().lower() for tag in caption.split(",") if tag.strip())
-    _suggest_resolution(report, resolution)
+    _suggest_resolution(report)
     return scan
 
 
-def _suggest_resolution(report: DataReport, resolution: int) -> None:
+def _suggest_resolution(report: DataReport) -> None:
     """When every image is refused for one other square size, that size is most likely the art's own."""
-    sizes = Counter(
-        finding.item.rsplit("(", 1)[-1].rstrip(")")
-        for finding in report.findings
-        if finding.problem == f"not {resolution}x{resolution}"
-    )
+    sizes = report.refused_sizes
     if len(sizes) == 1 and sum(sizes.values()) == report.images:
-        (size,) = sizes
-        side, _, other = size.partition("x")
-        if side == other:
+        ((width, height),) = sizes
+        if width == height:
             report.add(
                 "error",
-                f"all {report.images} images are {size}: for art of that size give --data.resolution {side} "
-                f"(check-data: --resolution {side})",
+                f"all {report.images} images are {width}x{height}: for art of that size give "
+                f"--data.resolution {width} (check-data: --resolution {width})",
                 "",
             )

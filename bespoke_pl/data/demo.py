@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bespoke_pl.files import atomic_folder, cache_root
+from bespoke_pl.files import atomic_folder, cache_root, spec_name
 
 log = logging.getLogger(__name__)
 
@@ -312,10 +312,5 @@ def resolve_demo(spec: str) -> str | None:
     Raises:
         ValueError: The spec starts with ``"demo:"`` but names no known data set.
     """
-    if not spec.startswith(DEMO_PREFIX):
-        return None
-    name = spec.removeprefix(DEMO_PREFIX)
-    if name not in DEMO_SETS:
-        valid = ", ".join(DEMO_PREFIX + n for n in DEMO_SETS)
-        raise ValueError(f"unknown demo data set {spec!r}; valid: {valid}")
-    return str(demo_dataset_path(style=DEMO_SETS[name]))
+    name = spec_name(spec, DEMO_PREFIX, DEMO_SETS, "demo data set")
+    return None if name is None else str(demo_dataset_path(style=DEMO_SETS[name]))

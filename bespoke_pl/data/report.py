@@ -35,6 +35,7 @@ class DataReport:
     colours: list[int] = field(default_factory=list)
     caption_tokens: list[int] = field(default_factory=list)
     tags: Counter = field(default_factory=Counter)
+    refused_sizes: Counter = field(default_factory=Counter)  # (width, height) of images of the wrong size
     token_counter: str = "a CLIP-like estimate"
 
     def add(self, level: str, problem: str, item: str) -> None:

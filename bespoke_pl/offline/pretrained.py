@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bespoke_pl.files import spec_name
 from bespoke_pl.offline.tiny import FAMILIES
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,9 @@ def resolve_tiny_punks(spec: str) -> str | None:
     Raises:
         ValueError: The spec starts with ``"tiny-punks:"`` but names no family, or the folder is missing.
     """
-    if not spec.startswith(TINY_PUNKS_PREFIX):
+    family = spec_name(spec, TINY_PUNKS_PREFIX, FAMILIES, "pretrained tiny model")
+    if family is None:
         return None
-    family = spec.removeprefix(TINY_PUNKS_PREFIX)
-    if family not in FAMILIES:
-        valid = ", ".join(TINY_PUNKS_PREFIX + f for f in FAMILIES)
-        raise ValueError(f"unknown pretrained tiny model {spec!r}; valid: {valid}")
     path = tiny_punks_path(family)
     if not (path / "model_index.json").is_file():
         raise ValueError(

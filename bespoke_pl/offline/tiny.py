@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bespoke_pl.files import atomic_folder, cache_root
+from bespoke_pl.files import atomic_folder, cache_root, spec_name
 
 log = logging.getLogger(__name__)
 
@@ -266,10 +266,5 @@ def resolve_tiny(spec: str) -> str | None:
     Raises:
         ValueError: The spec starts with ``"tiny:"`` but names no known family.
     """
-    if not spec.startswith(TINY_PREFIX):
-        return None
-    family = spec.removeprefix(TINY_PREFIX)
-    if family not in FAMILIES:
-        valid = ", ".join(TINY_PREFIX + f for f in FAMILIES)
-        raise ValueError(f"unknown tiny model {spec!r}; valid: {valid}")
-    return str(tiny_model_path(family))  # type: ignore[arg-type]
+    family = spec_name(spec, TINY_PREFIX, FAMILIES, "tiny model")
+    return None if family is None else str(tiny_model_path(family))  # type: ignore[arg-type]

@@ -48,6 +48,7 @@ class _Sums(Metric):
     full_state_update = False
     keys: tuple[str, ...] = ()
     on_raw = False  # True: also needs the images as generated (24k px), not only the 24x24 art
+    leave_one_out = False  # True: values() takes ``exclude``, a training index per image to skip
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -157,6 +158,7 @@ class HeadShape(_Sums):
     """
 
     keys = ("silhouette_iou", "silhouette_iou_mean", "torso_ratio", "torso_share")
+    leave_one_out = True
 
     def __init__(
         self,
@@ -207,6 +209,7 @@ class Memorisation(_Sums):
     """
 
     keys = ("copy_distance", "exact_copies", "near_copies")
+    leave_one_out = True
 
     def __init__(
         self,
@@ -304,7 +307,7 @@ class PixelArtQuality(MetricCollection):
                 if raw is None:
                     raise ValueError(f"{name}: grid fidelity needs the raw images (update(art, raw=...))")
                 values = metric.values(raw, art=art)
-            elif isinstance(metric, (HeadShape, Memorisation)):
+            elif metric.leave_one_out:
                 values = metric.values(art, exclude=exclude)
             else:
                 values = metric.values(art)

@@ -338,8 +338,9 @@ class PixelLoRAModule(L.LightningModule):
             pipe = build_pipeline(*parts, self.scheduler_config, sampler)
             size, told = self.image_size, self.conditioning_size
             return generate(
-                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale, 4, told
-            )
+                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale,
+                conditioning_size=told,
+            )  # fmt: skip
         finally:
             restore()
             self.train(was_training)
