@@ -10,23 +10,11 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
+from failing import fails
 from PIL import Image
 
 from bespoke_pl.commands.cli import COMMANDS, main
 from bespoke_pl.errors import DatasetError
-
-
-def fails(args: list[str], capsys, code: int = 2) -> str:
-    """Run the CLI; expect exit status ``code`` and exactly one ``error:`` line on stderr; return it."""
-    with pytest.raises(SystemExit) as raised:
-        main(args)
-    assert raised.value.code == code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    lines = captured.err.splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.fixture

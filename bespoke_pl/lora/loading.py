@@ -22,6 +22,7 @@ from bespoke_pl.errors import LoRAFileError
 from bespoke_pl.lora.files import DIFFUSERS_METADATA_KEY
 from bespoke_pl.lora.inject import LoRAWeights
 from bespoke_pl.lora.kohya import accepted_names, diffusers_path, sgm_block_paths
+from bespoke_pl.lora.validate import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def _declared_family(path: Path, metadata: dict[str, str], names: list[str]) -> 
 
 
 def _not_a_lora(path: Path, keys: list[str]) -> LoRAFileError:
+    if not keys:
+        return LoRAFileError(f"{path} holds no tensors: it is not a LoRA (an interrupted write?)")
     sample = ", ".join(keys[:3])
     if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "conditioner.")) for k in keys):
         return LoRAFileError(f"{path} is a full model checkpoint, not a LoRA (keys like {sample})")
@@ -152,11 +155,13 @@ def read_lora_file(path: str | Path) -> LoRAFile:
     else:
         raise _not_a_lora(path, keys)
     parts: dict[str, dict[str, torch.Tensor]] = {}
+    part_keys: dict[str, dict[str, str]] = {}
     for key, tensor in tensors.items():
         split = _split_key(key)
         if split is None:
             raise LoRAFileError(f"{path}: key {key} is not a LoRA down/up/alpha tensor")
         parts.setdefault(split[0], {})[split[1]] = tensor
+        part_keys.setdefault(split[0], {})[split[1]] = key
     family = _declared_family(path, metadata, list(parts))  # another model's LoRA: say so first
     adapter = json.loads(metadata.get(DIFFUSERS_METADATA_KEY) or "{}")
     modules: dict[str, LoRAWeights] = {}
@@ -165,6 +170,7 @@ def read_lora_file(path: str | Path) -> LoRAFile:
             raise LoRAFileError(
                 f"{path}: layer {name} has {sorted(roles)} but needs both down and up weights"
             )
+        check_weights(path, name, roles, part_keys[name])
         rank = roles["down"].shape[0]
         if "alpha" in roles:
             alpha = float(roles["alpha"].float().item())
