@@ -26,7 +26,13 @@ from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
 from bespoke_pl.commands.parsing import PROG, OneLineErrors, one_line, section_help
 from bespoke_pl.commands.quiet import quiet_known_noise
-from bespoke_pl.commands.resume_last import KeepEveryConfig, completed_epochs, find_last_checkpoint
+from bespoke_pl.commands.resume_last import (
+    KeepEveryConfig,
+    checkpoint_problem,
+    completed_epochs,
+    find_last_checkpoint,
+    newest_readable,
+)
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.devices import default_precision
 from bespoke_pl.errors import (
@@ -122,6 +128,15 @@ class BespokeCLI(LightningCLI):
             if config.get("ckpt_path") == "last":
                 self._resume_last(config)
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's own torch.loads a --ckpt_path file first (for its hyperparameters): check it before that.
+        ckpt_path = (
+            self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        )
+        if _is_local_file(ckpt_path):
+            _check_checkpoint(Path(ckpt_path).expanduser())
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -154,6 +169,19 @@ class BespokeCLI(LightningCLI):
             )
             config.ckpt_path = None
             return
+        problem = checkpoint_problem(found)
+        if problem is not None:
+            fallback = newest_readable(found.parent, skip=found)
+            if fallback is None:
+                raise ConfigError(
+                    f"--ckpt_path last: {found} {problem}, and no other checkpoint in {found.parent} can be "
+                    "read; start a new run (without --ckpt_path)"
+                )
+            log.warning(
+                "--ckpt_path last: %s %s; resuming from %s, the newest readable checkpoint of the run",
+                found, problem, fallback.name,
+            )  # fmt: skip
+            found = fallback
         done = completed_epochs(found)
         max_epochs = config.trainer.max_epochs
         if done is not None and max_epochs is not None and 0 <= max_epochs <= done:
@@ -166,6 +194,24 @@ class BespokeCLI(LightningCLI):
         init.version = found.parent.parent.name
         config.ckpt_path = str(found)
         log.info("resuming %s in %s", found, found.parent.parent)
+
+
+def _is_local_file(ckpt_path: str | None) -> bool:
+    """A ``--ckpt_path`` naming a file here, not one of Lightning's keywords (best, hpc, ...) or a URL."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "last") or ckpt_path.startswith("registry"):
+        return False
+    return "://" not in ckpt_path
+
+
+def _check_checkpoint(path: Path) -> None:
+    """Refuse a ``--ckpt_path`` file that is missing or damaged, before anything is loaded or written."""
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path {path} does not exist")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        fallback = newest_readable(path.parent, skip=path)
+        hint = f"; {fallback} beside it can be read" if fallback else ""
+        raise ConfigError(f"--ckpt_path {path} {problem}{hint}")
 
 
 # Each subcommand's module has ``command(argv)``; imported on use, so ``fit`` starts without them.
