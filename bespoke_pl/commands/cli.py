@@ -24,7 +24,14 @@ from bespoke_pl.callbacks.roundtrip import RoundTripCheck
 from bespoke_pl.callbacks.run_folder import check_run_folder
 from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
-from bespoke_pl.commands.parsing import PROG, OneLineErrors, one_line, section_help
+from bespoke_pl.commands.parsing import (
+    PROG,
+    OneLineErrors,
+    check_config_files,
+    one_line,
+    refuse_duplicate_yaml_keys,
+    section_help,
+)
 from bespoke_pl.commands.quiet import quiet_known_noise
 from bespoke_pl.commands.resume_last import (
     KeepEveryConfig,
@@ -293,6 +300,7 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
+    refuse_duplicate_yaml_keys()
     # LightningCLI always gets argv (sys.argv less --debug), so its warning about an argument list given
     # besides sys.argv would be about this function, not about the user's command.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
@@ -312,6 +320,7 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
                 _build_cli(["fit", "--help"])
             print(section_help(full.getvalue(), asked[0]))
             return None
+        check_config_files(argv)
         return _build_cli(argv)
     except CONFIG_ERRORS as error:
         _fail("error", error, 2, debug)

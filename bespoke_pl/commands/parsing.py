@@ -7,9 +7,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-from jsonargparse import ArgumentParser
+import yaml
+from jsonargparse import ArgumentParser, get_loader, set_loader
 
 
 def one_line(message: str) -> str:
@@ -68,3 +70,61 @@ def run_command(name: str, function: Callable[..., T], argv: list[str], **kwargs
     from jsonargparse import CLI
 
     return CLI(function, args=argv, parser_class=CommandParser, prog=f"{PROG} {name}", **kwargs)
+
+
+class _DuplicateKeys(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice (lines {seen[key]} and {line}); keep one", None
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep)
+
+
+_DuplicateKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config FILE`` of ``argv`` that exists, parsed strictly first: a duplicated key is an error
+    naming the file (jsonargparse's own message could not say which of several configs it was in)."""
+    from bespoke_pl.errors import ConfigError
+
+    files = [b for a, b in zip(argv, argv[1:], strict=False) if a == "--config"]
+    files += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for name in files:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            continue  # jsonargparse says so itself
+        try:
+            yaml.load(path.read_text(), Loader=_DuplicateKeys)  # noqa: S506 (a SafeLoader subclass)
+        except yaml.constructor.ConstructorError as error:
+            raise ConfigError(f"config {name}: {error.problem}") from None
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue  # not YAML: jsonargparse's message says what it is
+
+
+def refuse_duplicate_yaml_keys() -> None:
+    """Make jsonargparse's YAML loader (config files and YAML values) refuse duplicated keys.
+
+    The check parses once with a strict loader and then leaves the loading to jsonargparse's own, so the
+    values (its float and timestamp rules) are exactly what they were.
+    """
+    load = get_loader("yaml")
+    if getattr(load, "refuses_duplicates", False):
+        return
+
+    def strict_load(stream):
+        if isinstance(stream, str) and ":" in stream:
+            yaml.load(stream, Loader=_DuplicateKeys)  # noqa: S506 (a SafeLoader subclass)
+        return load(stream)
+
+    strict_load.refuses_duplicates = True
+    set_loader("yaml", strict_load, (yaml.YAMLError,))

@@ -14,6 +14,7 @@ What is refused, and why:
 from __future__ import annotations
 
 import json
+import math
 from math import gcd
 from pathlib import Path
 
@@ -45,10 +46,66 @@ def check_pixel_grid(resolution: int, pixel_scale: int, factor: int = DEFAULT_VA
         )
 
 
-def check_options(config) -> None:
-    """Refuse option combinations that do nothing or contradict each other (a parsed ``fit`` namespace)."""
+def _bad_number(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def value_problems(config) -> list[str]:
+    """Values that cannot work or would train nothing, one message each (a parsed ``fit`` namespace).
+
+    Checked here, before any weight loads, so a typo costs no model load and leaves no run folder; deep in
+    Lightning the same values end in an ``OverflowError`` (``max_epochs -1``) or train nothing silently.
+    """
     model, data, trainer = config.model, config.data, config.trainer
     problems = []
+    if trainer.max_epochs is not None and trainer.max_epochs < 1:
+        problems.append(
+            f"trainer.max_epochs must be >= 1, got {trainer.max_epochs} (a run is a fixed number of epochs: "
+            "one LoRA file each; -1, Lightning's 'no limit', would never finish)"
+        )
+    if trainer.max_steps == 0:
+        problems.append("trainer.max_steps 0 trains nothing (-1: no step limit)")
+    optimizer = getattr(model, "optimizer", None)
+    lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
+    for name, value in (("model.optimizer.lr", lr), ("model.text_encoder_lr", model.text_encoder_lr)):
+        if isinstance(value, int | float) and (_bad_number(value) or value <= 0):
+            problems.append(f"{name} must be a positive number, got {value} (0 trains nothing)")
+    for name in ("alpha", "conv_alpha"):
+        value = getattr(model, name)
+        if value is not None and (_bad_number(value) or value == 0):
+            problems.append(
+                f"model.{name} {value} makes the LoRA's scale alpha / rank {value}: it trains nothing"
+            )
+    for name in ("rank", "pixel_scale", "clip_skip"):
+        if getattr(model, name) < 1:
+            problems.append(f"model.{name} must be >= 1, got {getattr(model, name)}")
+    if model.conv_rank is not None and model.conv_rank < 1:
+        problems.append(f"model.conv_rank must be >= 1 or null (no convolution LoRA), got {model.conv_rank}")
+    if not 0 <= model.lora_dropout < 1 or _bad_number(model.lora_dropout):
+        problems.append(f"model.lora_dropout must be in [0, 1), got {model.lora_dropout}")
+    if _bad_number(model.noise_offset) or model.noise_offset < 0:
+        problems.append(f"model.noise_offset must be >= 0, got {model.noise_offset}")
+    if model.min_snr_gamma is not None and (_bad_number(model.min_snr_gamma) or model.min_snr_gamma <= 0):
+        problems.append(f"model.min_snr_gamma must be > 0 or null (off), got {model.min_snr_gamma}")
+    if model.lr_warmup_steps < 0:
+        problems.append(f"model.lr_warmup_steps must be >= 0, got {model.lr_warmup_steps}")
+    for name in ("batch_size", "num_repeats"):
+        if getattr(data, name) < 1:
+            problems.append(f"data.{name} must be >= 1, got {getattr(data, name)}")
+    if data.num_workers < 0:
+        problems.append(
+            f"data.num_workers must be >= 0 (0: load in the main process), got {data.num_workers}"
+        )
+    if not 0 <= data.caption_dropout <= 1 or _bad_number(data.caption_dropout):
+        problems.append(f"data.caption_dropout must be in [0, 1], got {data.caption_dropout}")
+    return problems
+
+
+def check_options(config) -> None:
+    """Refuse values that cannot work and option combinations that do nothing or contradict each other
+    (a parsed ``fit`` namespace)."""
+    model, data, trainer = config.model, config.data, config.trainer
+    problems = value_problems(config)
     if model.text_encoder_lr is not None and not model.train_text_encoder:
         problems.append("model.text_encoder_lr is set but model.train_text_encoder is false")
     if data.keep_tokens and not data.shuffle_captions:
