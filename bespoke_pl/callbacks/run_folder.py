@@ -1,15 +1,24 @@
-"""The run's folder: where it is, the PNGs written into it, and the refusal to start a new run over an old one."""
+"""The run's folder: where it is, the files written into it, the check that it can be written, the clean-up
+of an interrupted write's temporary files, and the refusal to start a new run over an old one."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from PIL import Image
 
-from bespoke_pl.errors import ConfigError
+from bespoke_pl.callbacks.faults import write_failure
+from bespoke_pl.errors import ConfigError, OutputError
 from bespoke_pl.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -21,10 +30,53 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
+def write_run_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Write one file of the run atomically; a failure (a full disk, no permission) is an
+    :class:`~bespoke_pl.errors.OutputError` naming the file, and any earlier file there stays whole."""
+    try:
+        atomic_write(path, write)
+    except OSError as error:
+        raise OutputError(write_failure(path, error, [])) from error
+
+
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Save a uint8 (3, H, W) tensor as an RGB PNG (lossless: colours are kept exactly)."""
     array = image.permute(1, 2, 0).cpu().numpy()
-    atomic_write(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
+    write_run_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
+
+
+def check_writable(folder: Path, option: str = "trainer.logger.init_args.save_dir") -> None:
+    """Refuse a run folder that cannot be created or written, before any weight loads.
+
+    The nearest existing ancestor is probed with a real temporary file (deleted at once): permissions
+    alone do not show a read-only mount, and a path through a file is no folder at all.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file, not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(
+            f"the run folder {folder} cannot be written ({existing}: {reason}); give a --{option} you can write to"
+        ) from None
+
+
+def remove_leftover_temporaries(folder: Path) -> None:
+    """Delete the temporary files (``.NAME.*.tmp``, see :func:`bespoke_pl.files.atomic_write`) that a killed
+    write left in a run folder; the file each one would have become is either whole or absent."""
+    if not folder.is_dir():
+        return
+    leftovers = [p for pattern in (".*.tmp", "*/.*.tmp", "samples/*/.*.tmp") for p in folder.glob(pattern)]
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if leftovers:
+        log.info("removed %d temporary files an interrupted write left in %s", len(leftovers), folder)
 
 
 OUTPUT_PATTERNS = ("*.safetensors", "checkpoints/*.ckpt")

@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
 import logging
 import os
 import sys
+import threading
+import traceback
 import warnings
 from pathlib import Path
 from typing import NoReturn
@@ -21,7 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from bespoke_pl.callbacks.resume import RunCheckpoint
 from bespoke_pl.callbacks.roundtrip import RoundTripCheck
-from bespoke_pl.callbacks.run_folder import check_run_folder
+from bespoke_pl.callbacks.run_folder import check_run_folder, check_writable, remove_leftover_temporaries
 from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
 from bespoke_pl.commands.parsing import (
@@ -158,7 +161,10 @@ class BespokeCLI(LightningCLI):
         if isinstance(self.datamodule, PixelArtDataModule):
             self.datamodule.load()  # the data's errors first: they are the user's to fix before anything else
         check_base(model.base_model, model.family)
-        check_run_folder(Path(self.trainer.log_dir), resuming=self.config.fit.get("ckpt_path") is not None)
+        folder = Path(self.trainer.log_dir)
+        check_writable(folder)
+        check_run_folder(folder, resuming=self.config.fit.get("ckpt_path") is not None)
+        remove_leftover_temporaries(folder)
 
     def _resume_last(self, config) -> None:
         """Make ``--ckpt_path last`` find the newest run's checkpoint and continue in that run's folder.
@@ -234,8 +240,31 @@ COMMANDS: dict[str, str] = {
 # any other exception is a bug and keeps its traceback.
 CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, LoRAFileError, MisconfigurationException)
 RUN_FAULTS = (FloatingPointError, OutputError)
+# A full disk or quota, a read-only file system, no permission, an I/O error: faults of the machine, not bugs.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "BESPOKE_PL_DEBUG"
+
+
+def _written_file(error: OSError) -> str:
+    if error.filename:
+        return str(error.filename)
+    frames = traceback.extract_tb(error.__traceback__)
+    if any("tensorboard" in frame.filename for frame in frames):
+        return "the TensorBoard event file"
+    return "a file of the run"
+
+
+def _quiet_tensorboard_thread(args) -> None:
+    """TensorBoard writes its event file on a thread; a write that fails there fails again, with the same
+    error, on the main thread's next write, which reports it in one line: no thread traceback too."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        log.debug("TensorBoard's writer thread stopped: %s", args.exc_value)
+        return
+    _THREAD_HOOK(args)
+
+
+_THREAD_HOOK = threading.excepthook
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -301,6 +330,7 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
     refuse_duplicate_yaml_keys()
+    threading.excepthook = _quiet_tensorboard_thread
     # LightningCLI always gets argv (sys.argv less --debug), so its warning about an argument list given
     # besides sys.argv would be about this function, not about the user's command.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
@@ -328,3 +358,11 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
         _fail("stopped", error, error.exit_code, debug)
     except RUN_FAULTS as error:
         _fail("error", error, 1, debug)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        # A write that failed outside the project's own writers (TensorBoard's event file, Lightning's
+        # folders): still one line and what is kept, not a traceback.
+        fault = OutputError(f"could not write {_written_file(error)}: {error.strerror or error}")
+        fault.kept = getattr(error, "kept", None)  # type: ignore[attr-defined]
+        _fail("error", fault, 1, debug)
