@@ -94,7 +94,7 @@ def test_every_problem_is_named_in_one_report_and_nothing_is_touched(bad_folder)
         assert good not in errors
     assert "grayscale, trained as grey RGB: grey.png (L)" in warnings
     assert "caption longer than 75 tokens, the end is cut: long.txt (" in warnings
-    assert "cut: 'tag" in warnings
+    assert "words cut, from 'tag" in warnings
     assert "ignored (not a PNG or caption): notes.md" in warnings
     assert "caption without an image: orphan.txt" in warnings
     assert "subfolders are not read: 10_more/ (1 .png)" in warnings
@@ -170,3 +170,32 @@ def test_check_data_prints_report_and_summary(tmp_path, demo_data, bad_folder, t
     out = capsys.readouterr().out
     assert "not 24x24: big.png (48x48)" in out and "usable pairs: 4 of 14" in out
     assert "a CLIP-like estimate" in out
+
+
+def test_animated_pngs_links_that_lead_nowhere_and_a_very_long_caption(tmp_path):
+    """Each named by file: an APNG would train on its first frame only; a link loop is no image."""
+    f = tmp_path / "set"
+    f.mkdir()
+    pair(f, "good.png", Image.fromarray(rgb(0)))
+    frames = [Image.fromarray(rgb(i)) for i in (1, 2, 3)]
+    frames[0].save(f / "blink.png", format="PNG", save_all=True, append_images=frames[1:])
+    (f / "blink.txt").write_text(CAPTION)
+    (f / "loop.png").symlink_to(f / "loop.png")
+    (f / "loop.txt").write_text(CAPTION)
+    (f / "gone.png").symlink_to(tmp_path / "moved-away.png")
+    (f / "gone.txt").write_text(CAPTION)
+    essay = CAPTION + ", " + " ".join(f"word{i}" for i in range(5000))
+    pair(f, "essay.png", Image.fromarray(rgb(4)), essay)
+    report = scan_folder(f, resolution=24).report
+    lines: dict[tuple[str, str], list[str]] = {}
+    for finding in report.findings:
+        lines.setdefault((finding.level, finding.problem), []).append(finding.item)
+    assert lines[("error", "animated PNG (only its first frame would train; save one frame)")] == [
+        "blink.png (3 frames)"
+    ]
+    assert lines[("error", "symbolic link loop")] == ["loop.png"]
+    assert lines[
+        ("error", f"broken symbolic link (its target {tmp_path / 'moved-away.png'} does not exist)")
+    ] == ["gone.png"]
+    (cut,) = lines[("warning", "caption longer than 75 tokens, the end is cut")]
+    assert cut.startswith("essay.txt (") and "words cut, from 'word" in cut and len(cut) < 120

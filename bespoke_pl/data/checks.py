@@ -19,7 +19,9 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -115,6 +117,13 @@ def _check_image(path: Path, resolution: int, background, report: DataReport) ->
                     "error", "not a PNG inside (rename or convert it)", f"{name} (it is {image.format})"
                 )
                 return None
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                report.add(
+                    "error", "animated PNG (only its first frame would train; save one frame)",
+                    f"{name} ({frames} frames)",
+                )  # fmt: skip
+                return None
             if image.size != (resolution, resolution):
                 report.refused_sizes[image.size] += 1
                 report.add(
@@ -146,6 +155,19 @@ def _check_image(path: Path, resolution: int, background, report: DataReport) ->
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         report.add("error", "unreadable image", f"{name} ({error})")
         return None
+
+
+def _dangling_link(path: Path) -> str:
+    """Why a symbolic link leads nowhere: a loop, or a target that does not exist."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11-3.12 report a loop so
+        return "symbolic link loop"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+    return "unreadable symbolic link"
 
 
 def _palette_is_grey(image: Image.Image) -> bool:
@@ -212,7 +234,11 @@ def scan_folder(
     report.images = len(pngs)
 
     for p in entries:
-        if p.is_dir():
+        if p.is_symlink() and not p.exists():
+            problem = _dangling_link(p)
+            level = "error" if p.suffix.lower() in (".png", caption_extension.lower()) else "warning"
+            report.add(level, problem, p.name)
+        elif p.is_dir():
             inside = sum(1 for q in p.iterdir() if q.suffix.lower() == ".png")
             if inside:
                 report.add("warning", "subfolders are not read", f"{p.name}/ ({inside} .png)")
@@ -249,10 +275,13 @@ def scan_folder(
             continue
         tokens, cut = count_tokens(caption, tokenizer)
         if cut:
+            # The cut words' start and count, not the words: a 5,000-word caption made a 44 KB line.
+            words = cut.split()
+            start = " ".join(words[:6]) + (" ..." if len(words) > 6 else "")
             report.add(
                 "warning",
                 f"caption longer than {CLIP_MAX_LENGTH - 2} tokens, the end is cut",
-                f"{expected} ({tokens} tokens, cut: {cut!r})",
+                f"{expected} ({tokens} tokens; {len(words)} words cut, from {start!r})",
             )
         scan.paths.append(path)
         scan.images.append(pixels)
