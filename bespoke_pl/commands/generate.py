@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from bespoke_pl.callbacks.run_folder import write_run_file
 from bespoke_pl.commands.options import device_option, output_folder
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
@@ -43,9 +44,12 @@ def next_index(folder: Path) -> int:
 
 
 def _write_new_png(image: torch.Tensor, path: Path) -> None:
-    """Save uint8 (3, H, W) as PNG; mode ``xb`` fails rather than overwrite an existing file."""
-    with path.open("xb") as f:
-        Image.fromarray(image.permute(1, 2, 0).cpu().numpy(), "RGB").save(f, format="PNG")
+    """Save uint8 (3, H, W) as PNG, atomically (a full disk leaves no half-written file), and never over an
+    existing file (the numbering skips past every file in the folder, so one is only there by a race)."""
+    if path.exists():
+        raise FileExistsError(f"refusing to overwrite {path}")
+    array = image.permute(1, 2, 0).cpu().numpy()
+    write_run_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
 
 
 def prompts_option(prompt: str | None, prompts_file: str | None) -> list[str]:
@@ -177,8 +181,8 @@ def generate_images(
             for p, text, s in zip(written, prompts, seeds, strict=True)
         ],
     }
-    with (folder / f"{first:04d}-generate.json").open("x", encoding="utf-8") as f:
-        json.dump(record, f, indent=1)
+    text = json.dumps(record, indent=1)
+    write_run_file(folder / f"{first:04d}-generate.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return [*written, sheet]
 
 
