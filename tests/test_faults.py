@@ -16,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bespoke_pl.callbacks.faults import AtomicCheckpointIO
 from bespoke_pl.callbacks.resume import RunCheckpoint
@@ -103,6 +104,17 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path, tiny_sd15, demo_data, re
     main([*command, "--ckpt_path=last"])
     assert {name: sha(folder / name) for name in stamps} == stamps
     assert_same_lora(folder / "bespoke-000003.safetensors", reference / "bespoke-000003.safetensors")
+
+    # TensorBoard has no hole: every step (the one before the stop too), the interrupted epoch's mean loss
+    # over all its batches (before and after the resume), and `epoch` counted from 1 as the files are.
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0}).Reload()
+    steps = {e.step: e.value for e in events.Scalars("train/loss_step")}
+    assert sorted(steps) == [0, 1, 2, 3, 4, 5]
+    epoch_means = {e.step: e.value for e in events.Scalars("train/loss_epoch")}
+    assert sorted(epoch_means) == [1, 3, 5]
+    assert epoch_means[5] == pytest.approx((steps[4] + steps[5]) / 2, rel=1e-5)  # batch 1 before the stop
+    assert epoch_means[1] == pytest.approx((steps[0] + steps[1]) / 2, rel=1e-5)
+    assert sorted({e.value for e in events.Scalars("epoch")}) == [1.0, 2.0, 3.0]
 
 
 def test_sigint_at_an_epochs_last_batch_stops_after_the_epochs_files(tmp_path, tiny_sd15, demo_data, capsys):

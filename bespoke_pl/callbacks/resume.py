@@ -125,6 +125,12 @@ class RunCheckpoint(ModelCheckpoint):
             metrics = dict(metrics) | {"epoch": metrics["epoch"] + 1}
         return super().format_checkpoint_name(metrics, filename, ver, **kwargs)
 
+    def _monitor_candidates(self, trainer: L.Trainer) -> dict:
+        # The module logs a 1-based `epoch` for TensorBoard; names count from Lightning's 0-based epoch + 1.
+        candidates = super()._monitor_candidates(trainer)
+        candidates["epoch"] = torch.tensor(trainer.current_epoch)
+        return candidates
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # saved in on_train_epoch_end

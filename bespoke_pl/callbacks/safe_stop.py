@@ -7,6 +7,7 @@ the previous checkpoint stays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -71,6 +72,12 @@ class SafeStop(L.Callback):
         # Not at an epoch's last batch: Lightning resumes such a checkpoint as a finished epoch and skips
         # on_train_epoch_end (the epoch's LoRA file and samples); stop after those instead.
         if batch_idx + 1 < trainer.num_training_batches:
+            if self.requested is not None:
+                # Lightning hands a step's logged values to the loggers after this hook, which a stop here
+                # never reaches: hand them over first, so the step before a stop is in TensorBoard too.
+                # (Private API, pinned by tests/test_faults.py.)
+                trainer._logger_connector.on_batch_end()
+                trainer._logger_connector.update_train_step_metrics()
             self._stop(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -96,5 +103,10 @@ class SafeStop(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+        # Lightning finalizes its loggers only after a run that ends well: flush what was logged up to the
+        # stop (TensorBoard writes on a thread that dies with the process), so the curves have no hole.
+        for logger in trainer.loggers:
+            with contextlib.suppress(Exception):  # a full disk there is reported by the error itself
+                logger.finalize("failed")
         if trainer.is_global_zero and trainer.log_dir:
             exception.kept = kept_outputs(Path(trainer.log_dir))  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ from bespoke_pl.lora.inject import (
 )
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.training.cache import LatentCache, TextCache
+from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
 from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
 
@@ -132,6 +133,7 @@ class PixelLoRAModule(L.LightningModule):
         self.latent_cache: LatentCache | None = None
         self.text_cache: TextCache | None = None
         self.skipped_batches = 0
+        self.epoch_loss = EpochLoss()
 
     # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -282,9 +284,21 @@ class PixelLoRAModule(L.LightningModule):
             return None  # Lightning skips backward: the optimizer step finds no gradients, nothing changes
         size = len(batch["index"])
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
-        # The epoch mean is reduced across processes once per epoch, not at every step.
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=size)
+        # TensorBoard's `epoch` counts from 1, as the LoRA files, samples and progress bar do (Lightning's
+        # own would be 0-based); logged with the step's values and with the epoch's (on_train_epoch_end).
+        self.log("epoch", float(self.current_epoch + 1), on_step=True, on_epoch=False, batch_size=size)
+        self.epoch_loss.add(self.current_epoch, loss.detach(), size)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # The epoch's mean loss from the module's own sums, which a checkpoint keeps: an epoch interrupted
+        # and resumed mid-way gets the mean of all its batches, not of those after the resume.
+        # Reduced across processes once per epoch, not at every step.
+        total, count = self.epoch_loss.totals(self.current_epoch, self.device)
+        total, count = self.trainer.strategy.reduce(torch.stack([total, count]), reduce_op="sum")
+        if count > 0:
+            self.log("train/loss_epoch", total / count, on_step=False, on_epoch=True)
+        self.log("epoch", float(self.current_epoch + 1), on_step=False, on_epoch=True)
 
     def configure_optimizers(self):
         return lora_optimizer(self)
@@ -301,9 +315,13 @@ class PixelLoRAModule(L.LightningModule):
                 f"in {len(bad)} tensors, e.g. {bad[0]}"
             )
         checkpoint["skipped_batches"] = self.skipped_batches
+        checkpoint["epoch_loss"] = self.epoch_loss.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_batches = checkpoint.get("skipped_batches", 0)
+        # Under DDP each rank's sums are its own; rank zero's are the ones saved, so only it restores them.
+        if "epoch_loss" in checkpoint and self.global_rank == 0:
+            self.epoch_loss.load_state_dict(checkpoint["epoch_loss"])
 
     def lora_components(self) -> dict[str, nn.Module]:
         """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
