@@ -83,7 +83,7 @@ class Conversion:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (kohya key = value, reason)
     checks: list[str] = field(default_factory=list)  # converted, but to check before fit
     header: list[str] = field(default_factory=list)
-    prompts: list[str] = field(default_factory=list)  # the sample prompts file's lines, if any
+    prompts: list[str] = field(default_factory=list)  # the lines of the sample prompts file, if any
 
     def set(self, path: str, value: Any, source: str, why: str = "") -> None:
         """Set the option at a dotted ``path`` (``model.optimizer.init_args.lr``)."""
@@ -114,26 +114,25 @@ class Conversion:
         return [f"{', '.join(items)}: {reason}" for reason, items in by_reason.items()] + self.checks
 
     def yaml_text(self) -> str:
-        lines = [f"# {line}" if line else "#" for line in self.header]
+        """The config as YAML: header, sections in ``fit``'s order, notes after each section's options, and
+        the settings that did not carry over at the end."""
         tree: dict[str, Any] = {}
         for path, option in self.options.items():
             node = tree.setdefault(path[0] if len(path) > 1 else "", {})
             for part in path[1:-1]:
                 node = node.setdefault(part, {})
             node[path[-1]] = option
+        if set(tree) - set(SECTIONS):  # a mapping bug, not the user's mistake
+            raise ValueError(f"options outside the known sections: {sorted(set(tree) - set(SECTIONS))}")
+        lines = [wrapped for line in self.header for wrapped in (_comment(line, "") or ["#"])]
         for section in SECTIONS:
-            if section not in tree and section not in self.notes:
-                continue
-            if section in tree and section:
+            options, notes = tree.get(section), self.notes.get(section, [])
+            indent = "  " if section and options else ""
+            if section and options:
                 lines.append(f"{section}:")
-            indent = "  " if section and section in tree else ""
-            if section in tree:
-                lines += _render(tree[section], indent)
-            for text in self.notes.get(section, []):
-                lines += _comment(text if section in tree or not section else f"{section}: {text}", indent)
-        unknown = set(tree) - set(SECTIONS)
-        if unknown:  # a mapping bug, not the user's mistake
-            raise ValueError(f"options outside the known sections: {sorted(unknown)}")
+            lines += _render(options or {}, indent)
+            for text in notes:  # a section without options has no heading: its notes name it
+                lines += _comment(text if options or not section else f"{section}: {text}", indent)
         if self.skipped or self.checks:
             lines.append("# Not carried over, or to check (from-kohya printed these as a warning):")
             lines += [f"#   {line}" for line in self.warning_lines()]  # unwrapped: one per warning line
