@@ -67,7 +67,7 @@ REFUSED = {
     "flip_aug": ("flips", "a mirrored portrait is another character (hair parting, earrings, eye patch)"),
     "random_crop": ("crops", "a crop cuts the art's pixel grid and the portrait's frame"),
     "face_crop_aug_range": ("crops", "a crop cuts the art's pixel grid and the portrait's frame"),
-    "color_aug": ("shifts colours", "the exact palette is what the palette lock and the metrics rely on"),
+    "color_aug": ("shifts the colours of", "the palette lock and the metrics rely on the exact palette"),
     "resize_interpolation": ("resizes", "the only resampling is the nearest upscale by pixel_scale"),
 }
 SWITCHES = ("enable_bucket", "bucket_no_upscale", "flip_aug", "random_crop", "color_aug")  # the rest: values

@@ -251,4 +251,4 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
 
 REASON = {key: reason for reason, keys in UNSUPPORTED.items() for key in keys}
 KOHYA_OPTIONS = CONVERTED | frozenset(REASON)
-SECRET_PARTS = ("token", "api_key")  # values never repeated in the output
+SECRETS = ("huggingface_token", "wandb_api_key")  # values never repeated in the output

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from bespoke_pl.commands.kohya.keys import SECRET_PARTS
+from bespoke_pl.commands.kohya.keys import SECRETS
 from bespoke_pl.errors import ConfigError
 
 # The YAML's sections in the order ``fit --print_config`` prints them ("" is the top level).
@@ -22,7 +22,7 @@ WIDTH = 110  # ruff's line length; the comments wrap to it
 
 def toml_value(key: str, value: Any) -> str:
     """A kohya value as the TOML writes it (``"24,24"``, ``true``, ``["conv_dim=8"]``); secrets hidden."""
-    if any(part in key for part in SECRET_PARTS):
+    if key in SECRETS:
         return "(value not shown)"
     if isinstance(value, bool):
         return "true" if value else "false"
