@@ -4,8 +4,8 @@ Offline, the way a user without a download would run them: hub ids become the ti
 family, ``~/bespokepunks`` is a folder of demo punks in a temporary ``$HOME``, and the real configs'
 runs are cut to one batch per epoch and one two-step sample (``SMALL_RUN``), generating with their LoRA
 to two steps, the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
-``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs. The
-kohya configs find the same punks in ``train/10_bespokepunks`` (kohya's folder naming).
+``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs.
+The kohya configs find the same punks in ``train/10_bespokepunks`` (kohya's folder naming).
 """
 
 import os

@@ -144,7 +144,9 @@ def convert_prompts(path: Path, source: str, conv: Conversion, image_side: int) 
             conv.set(option, values[0], f"kohya's default for prompts without {flag} ({values[0]})")
     seeds = _values(prompts, "seed", conv)
     if all(seed is None for seed in seeds):
-        why = "kohya draws a random seed per sample; prompt i gets sample.seed + i every epoch, so epochs compare"
+        why = (
+            "kohya draws a random seed per sample; prompt i gets sample.seed + i every epoch: epochs compare"
+        )
         conv.note("sample", f"{source}: no --d: {why}")
     elif None not in seeds and all(seed == seeds[0] + i for i, seed in enumerate(seeds)):
         conv.set("sample.seed", seeds[0], f"{source} --d {', '.join(map(str, seeds))}")
@@ -159,7 +161,7 @@ def convert_prompts(path: Path, source: str, conv: Conversion, image_side: int) 
         shown = ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
         if not any("width" in p or "height" in p for p in prompts):
             shown = f"not given (kohya's default {shown})"
-        why = f"samples are drawn at {image_side} px (data.resolution x model.pixel_scale), then reduced to the art"
+        why = f"samples are drawn at {image_side} px (data.resolution x pixel_scale), then reduced to the art"
         conv.skip(f"sample prompts --w/--h {shown}", why)
     samplers = [p.get("sample_sampler") for p in prompts]
     if any(samplers):

@@ -118,7 +118,7 @@ def convert_optimizer(args: KohyaArgs, conv: Conversion) -> None:
         if arg in given:
             conv.set(f"model.optimizer.init_args.{arg}", value, f"kohya optimizer_args {arg}={given[arg]}")
         elif class_path.endswith("Adafactor"):
-            why = "kohya's Adafactor defaults to relative_step, its own schedule; a fixed rate is usual for a LoRA"
+            why = "kohya's Adafactor defaults to relative_step, its own schedule; a fixed rate suits a LoRA"
             conv.set(f"model.optimizer.init_args.{arg}", value, "Adafactor at a fixed learning rate", why)
         else:
             conv.set(f"model.optimizer.init_args.{arg}", value, f"kohya's {name} ({arg}={value})")
@@ -173,7 +173,7 @@ def _learning_rates(args: KohyaArgs, conv: Conversion) -> None:
 
 
 def convert_length(args: KohyaArgs, conv: Conversion, data: DataFacts) -> int | None:
-    """``trainer.max_epochs`` / ``max_steps``, accumulation and clipping; the run's optimizer steps, if known."""
+    """``trainer.max_epochs`` / ``max_steps``, accumulation, clipping; the run's optimizer steps, if known."""
     accumulate = args.number("gradient_accumulation_steps", int)
     if accumulate is not None:
         conv.set("trainer.accumulate_grad_batches", accumulate, args.source("gradient_accumulation_steps"))
@@ -326,7 +326,9 @@ def _caches(args: KohyaArgs, conv: Conversion) -> None:
         if args.flag("cache_latents"):
             conv.set("model.cache_latents", True, args.source("cache_latents"))
         else:
-            why = "nothing is augmented, so a cached latent is exactly what each step would encode: it saves time"
+            why = (
+                "nothing is augmented, so a cached latent is exactly what each step would encode: saved time"
+            )
             conv.set("model.cache_latents", True, args.source("cache_latents"), why)
     if args.flag("cache_latents_to_disk"):
         folder = str(Path(args.values.get("output_dir") or "logs") / "latent_cache")
