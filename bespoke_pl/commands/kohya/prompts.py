@@ -64,8 +64,11 @@ def read_prompts(path: Path, conv: Conversion) -> list[dict[str, Any]]:
     what = "kohya sample_prompts"
     suffix = path.suffix.lower()
     if suffix == ".toml":  # [prompt] holds the defaults, [[prompt.subset]] one entry per prompt
-        defaults = dict(read_table(path, what).get("prompt") or {})
-        entries = [defaults | subset for subset in defaults.pop("subset", [])]
+        defaults = read_table(path, what).get("prompt") or {}
+        subsets = defaults.get("subset") if isinstance(defaults, dict) else None
+        if not isinstance(subsets, list) or not all(isinstance(s, dict) for s in subsets):
+            raise ConfigError(f"{what} {path} has no [prompt] table with [[prompt.subset]] entries")
+        entries = [{k: v for k, v in defaults.items() if k != "subset"} | subset for subset in subsets]
     elif suffix == ".json":
         entries = read_table(path, what, list)
     elif path.is_file():  # kohya skips blank lines and lines starting with #
