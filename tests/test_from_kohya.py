@@ -249,6 +249,7 @@ network_dimm = 8
 [additional_network_arguments]
 network_module = "networks.lora"
 network_args = ["conv_dim=4", "block_dims=2,4,8", "rank_dropout=0"]
+network_train_text_encoder_only = true
 """)  # fmt: skip
     text, warnings, config = convert(toml, capsys)
     assert (
@@ -265,6 +266,7 @@ network_args = ["conv_dim=4", "block_dims=2,4,8", "rank_dropout=0"]
         ("network_dimm = 8", "not an option of kohya's train_network.py"),
         ('log_with = "wandb"', "TensorBoard only"),
         ("network_args block_dims=2,4,8", "one rank for every block"),
+        ("network_train_text_encoder_only = true", "always trains the UNet's LoRA"),
     ]:
         assert any(item in line and reason in line for line in block), (item, warnings)
     for key in ("huber_c", "multires_noise_iterations", "caption_prefix", "wandb_api_key"):

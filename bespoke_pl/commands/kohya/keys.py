@@ -21,6 +21,7 @@ CONVERTED = frozenset(
         "network_dropout",
         "network_args",
         "network_train_unet_only",
+        "network_train_text_encoder_only",
         # data.py: the images, their size and the captions
         "train_data_dir",
         "dataset_config",
@@ -92,7 +93,7 @@ CONVERTED = frozenset(
         "sample_every_n_epochs",
         "sample_sampler",
         "sample_at_first",
-    )  # fmt: skip
+    )
 )
 
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
@@ -178,7 +179,6 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
         "base_weights",
         "base_weights_multiplier",
         "scale_weight_norms",
-        "network_train_text_encoder_only",
     ),
     "kohya's own resume state cannot be read; a bespoke_pl run resumes with fit --ckpt_path last": (
         "resume",

@@ -234,6 +234,15 @@ def _convolutions(extra: dict[str, str], conv: Conversion, lycoris: bool, rank: 
 
 def _trained_parts(args: KohyaArgs, conv: Conversion) -> None:
     """The UNet always trains; the text encoders unless network_train_unet_only (kohya trains both)."""
+    if args.flag("network_train_text_encoder_only"):
+        conv.skip(
+            args.source("network_train_text_encoder_only").removeprefix("kohya "),
+            "bespoke_pl always trains the UNet's LoRA; here the text encoders' train with it",
+        )
+    elif "network_train_text_encoder_only" in args:
+        conv.note(
+            "model", f"{args.source('network_train_text_encoder_only')}: the UNet trains, as always here"
+        )
     if args.flag("network_train_unet_only"):
         conv.set("model.train_text_encoder", False, args.source("network_train_unet_only"))
         return
