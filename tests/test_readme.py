@@ -5,6 +5,7 @@ family, ``~/bespokepunks`` is a folder of demo punks in a temporary ``$HOME``, a
 runs are cut to one batch per epoch and one two-step sample (``SMALL_RUN``), generating with their LoRA
 to two steps, the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
 ``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs.
+The kohya configs find the same punks in ``train/10_bespokepunks`` (kohya's folder naming).
 """
 
 import os
@@ -36,6 +37,9 @@ SMALL_RUN = (
 FAST = {
     "configs/sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN}",
     "configs/sd15.yaml": f"--model.base_model tiny:sd15 {SMALL_RUN}",
+    # from-kohya's SDXL config: one epoch, no samples (test_from_kohya trains with its prompts file)
+    "--config kohya-sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN} --trainer.max_epochs 1 "
+    "--sample.every_n_epochs 0",
     "--lora logs/bespoke-sdxl/": "--steps 2",
     "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --unet_steps 2 --batch_size 2 --samples 2",
 }
@@ -96,7 +100,8 @@ def test_every_command_is_run_or_marked():
 def test_the_readme_commands_run_as_written(tmp_path):
     home, work = tmp_path / "home", tmp_path / "work"
     write_demo_dataset(home / "bespokepunks")
-    work.mkdir()
+    (work / "train").mkdir(parents=True)
+    (work / "train" / "10_bespokepunks").symlink_to(home / "bespokepunks", target_is_directory=True)
     shutil.copytree(ROOT / "configs", work / "configs")
     # ruff formats and checks the sources: on a copy, so that the test never edits the tree it tests.
     for name in ("bespoke_pl", "tests", "benchmarks", "pyproject.toml"):
@@ -122,3 +127,5 @@ def test_the_readme_commands_run_as_written(tmp_path):
     assert (demo / "demo-000003.safetensors").is_file() and (demo / "contact_sheet.png").is_file()
     assert (work / "logs" / "demo" / "evaluation.json").is_file()
     assert len(list((work / "generated").glob("*.png"))) >= 4
+    kohya_run = work / "kohya_output_sdxl" / "bespoke_sdxl" / "version_0"
+    assert (kohya_run / "bespoke_sdxl-000001.safetensors").is_file() and (work / "kohya-sd15.yaml").is_file()

@@ -1,3 +1,3 @@
 """The command line, one module per subcommand: ``fit`` (LightningCLI), ``generate``, ``evaluate``,
-``roundtrip``, ``check-data``, ``tiny`` and ``pretrain-tiny``.
+``roundtrip``, ``check-data``, ``tiny``, ``pretrain-tiny`` and ``from-kohya`` (its mapping: ``kohya/``).
 """

@@ -1,0 +1,396 @@
+"""kohya's training options as ``fit`` options: optimizer and learning rates, schedule, length, precision,
+memory and caches, and the objective.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+from pathlib import Path
+
+from bespoke_pl.commands.kohya.data import DataFacts
+from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
+from bespoke_pl.errors import ConfigError
+
+EIGHT_BIT = (
+    "8-bit and paged optimizer states save memory on a whole model; a LoRA's states are a few MB, so the "
+    "32-bit optimizer (no bitsandbytes needed)"
+)
+# kohya's optimizer_type names (lower case) -> (class path, fixed arguments, why it differs)
+OPTIMIZERS = {
+    "adamw": ("torch.optim.AdamW", {}, ""),
+    "adamw8bit": ("torch.optim.AdamW", {}, EIGHT_BIT),
+    "pagedadamw": ("torch.optim.AdamW", {}, EIGHT_BIT),
+    "pagedadamw8bit": ("torch.optim.AdamW", {}, EIGHT_BIT),
+    "pagedadamw32bit": ("torch.optim.AdamW", {}, EIGHT_BIT),
+    "sgdnesterov": ("torch.optim.SGD", {"momentum": 0.9, "nesterov": True}, ""),
+    "sgdnesterov8bit": ("torch.optim.SGD", {"momentum": 0.9, "nesterov": True}, EIGHT_BIT),
+    "lion": ("lion_pytorch.Lion", {}, ""),
+    "lion8bit": ("lion_pytorch.Lion", {}, EIGHT_BIT),
+    "pagedlion8bit": ("lion_pytorch.Lion", {}, EIGHT_BIT),
+    "adafactor": ("transformers.optimization.Adafactor", {}, ""),
+    "prodigy": ("prodigyopt.Prodigy", {}, ""),
+    "dadaptation": ("dadaptation.DAdaptAdamPreprint", {}, ""),
+    "dadaptadampreprint": ("dadaptation.DAdaptAdamPreprint", {}, ""),
+    "dadaptadagrad": ("dadaptation.DAdaptAdaGrad", {}, ""),
+    "dadaptadam": ("dadaptation.DAdaptAdam", {}, ""),
+    "dadaptadan": ("dadaptation.DAdaptAdan", {}, ""),
+    "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", {}, ""),
+    "dadaptlion": ("dadaptation.DAdaptLion", {}, ""),
+    "dadaptsgd": ("dadaptation.DAdaptSGD", {}, ""),
+}
+SCHEDULE_FREE = ("radamschedulefree", "adamwschedulefree", "sgdschedulefree")
+PACKAGES = {"lion_pytorch": "lion-pytorch", "prodigyopt": "prodigyopt", "dadaptation": "dadaptation"}
+# The usual Adafactor setting for a LoRA: a fixed learning rate under bespoke_pl's schedule.
+ADAFACTOR_FIXED_LR = {"relative_step": False, "scale_parameter": False, "warmup_init": False}
+SCHEDULES = {
+    "constant": "constant",
+    "constant_with_warmup": "constant",
+    "cosine": "cosine",
+    "linear": "linear",
+}
+PRECISION = {"fp16": ("16-mixed", "float16"), "no": ("32-true", "float32")}
+KOHYA_DEFAULT_LR = 2e-6  # train_util's --learning_rate default
+KOHYA_DEFAULT_STEPS = 1600  # train_util's --max_train_steps default
+
+
+def _literal(text: str):
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return list(value) if isinstance(value, tuple) else value
+
+
+def optimizer_arguments(args: KohyaArgs) -> dict:
+    """kohya's ``optimizer_args = ["weight_decay=0.1", "betas=0.9,0.99"]`` as keyword arguments."""
+    given = args.raw("optimizer_args") or []
+    if not isinstance(given, str | list):
+        raise ConfigError(f"{args.source('optimizer_args')} is not a list of key=value texts")
+    parsed = {}
+    for item in given.split() if isinstance(given, str) else given:
+        key, sep, value = str(item).partition("=")
+        if not sep:
+            raise ConfigError(f"kohya optimizer_args {item!r} is not key=value")
+        parsed[key.strip()] = _literal(value.strip())
+    return parsed
+
+
+def convert_optimizer(args: KohyaArgs, conv: Conversion) -> None:
+    """``model.optimizer`` (class and arguments) and the UNet's / text encoders' learning rates."""
+    name = args.text("optimizer_type") or ""
+    source = args.source("optimizer_type") if name else "kohya default (optimizer_type not set: AdamW)"
+    if not name and args.flag("use_8bit_adam"):
+        name, source = "AdamW8bit", args.source("use_8bit_adam")
+    if not name and args.flag("use_lion_optimizer"):
+        name, source = "Lion", args.source("use_lion_optimizer")
+    for old in ("use_8bit_adam", "use_lion_optimizer"):
+        if old in args and old not in source:
+            conv.note("model", f"{args.source(old)}: optimizer_type decides (as in kohya)")
+    key = name.lower() or "adamw"
+    if key in SCHEDULE_FREE:
+        conv.skip(
+            source.removeprefix("kohya "),
+            "schedule-free optimizers need train()/eval() calls bespoke_pl does "
+            "not make; model.optimizer is AdamW",
+        )
+        key, source = "adamw", "AdamW instead of the schedule-free optimizer (see the warning)"
+    if key in OPTIMIZERS:
+        class_path, fixed, why = OPTIMIZERS[key]
+    elif "." in name:
+        class_path, fixed, why = name, {}, ""
+    else:
+        raise ConfigError(
+            f"kohya optimizer_type {name!r} is not one of kohya's optimizer names nor a module.Class"
+        )
+    conv.set("model.optimizer.class_path", class_path, source, why)
+    module = class_path.rpartition(".")[0]
+    if importlib.util.find_spec(module.split(".")[0]) is None:
+        package = PACKAGES.get(module.split(".")[0], module.split(".")[0])
+        conv.check(f"model.optimizer {class_path} needs its package here before fit: pip install {package}")
+    _learning_rates(args, conv)
+    init = dict(fixed)
+    if class_path.endswith("Adafactor"):
+        init |= ADAFACTOR_FIXED_LR
+    given = optimizer_arguments(args)
+    for arg, value in (init | given).items():
+        if arg in given:
+            conv.set(f"model.optimizer.init_args.{arg}", value, f"kohya optimizer_args {arg}={given[arg]}")
+        elif class_path.endswith("Adafactor"):
+            why = "kohya's Adafactor defaults to relative_step, its own schedule; a fixed rate suits a LoRA"
+            conv.set(f"model.optimizer.init_args.{arg}", value, "Adafactor at a fixed learning rate", why)
+        else:
+            conv.set(f"model.optimizer.init_args.{arg}", value, f"kohya's {name} ({arg}={value})")
+
+
+def _learning_rates(args: KohyaArgs, conv: Conversion) -> None:
+    """kohya: the UNet at unet_lr, the text encoders at text_encoder_lr (one per SDXL encoder), each else at
+    learning_rate; bespoke_pl: the optimizer's lr, and one text_encoder_lr for both encoders."""
+    unet_lr, lr = args.number("unet_lr"), args.number("learning_rate")
+    if unet_lr:
+        conv.set("model.optimizer.init_args.lr", unet_lr, args.source("unet_lr"))
+    elif lr is not None:
+        conv.set("model.optimizer.init_args.lr", lr, args.source("learning_rate"))
+    else:
+        conv.set("model.optimizer.init_args.lr", KOHYA_DEFAULT_LR, "kohya default (learning_rate not set)")
+    if unet_lr == 0:
+        conv.skip(args.source("unet_lr").removeprefix("kohya "), "bespoke_pl always trains the UNet's LoRA")
+    value = args.raw("text_encoder_lr")
+    try:
+        rates = (
+            [float(v) for v in (value if isinstance(value, list) else [value])] if value is not None else []
+        )
+    except (TypeError, ValueError):
+        raise ConfigError(f"{args.source('text_encoder_lr')} is not a number or a list of numbers") from None
+    training = conv.get("model.train_text_encoder")
+    if rates and not training:
+        conv.note(
+            "model", f"{args.source('text_encoder_lr')}: unused, the text encoders are frozen (as in kohya)"
+        )
+    elif rates and rates[0] == 0:
+        why = "a learning rate of 0 trains nothing: the text encoders stay frozen"
+        conv.set("model.train_text_encoder", False, args.source("text_encoder_lr"), why)
+    elif rates:
+        conv.set("model.text_encoder_lr", rates[0], args.source("text_encoder_lr"))
+        if len(set(rates)) > 1:
+            reason = f"one learning rate for both text encoders: {rates[0]}"
+            conv.skip(args.source("text_encoder_lr").removeprefix("kohya "), reason)
+    if not unet_lr or lr is None:
+        return
+    if training and not rates:  # the text encoders train at learning_rate, as in kohya
+        if lr != unet_lr:
+            source = f"{args.source('learning_rate')} (kohya's text-encoder rate when unet_lr is set)"
+            conv.set("model.text_encoder_lr", lr, source)
+        else:
+            conv.note("model", f"{args.source('learning_rate')}: the text encoders' rate, equal to unet_lr")
+    else:
+        conv.note(
+            "model",
+            f"{args.source('learning_rate')}: unused, unet_lr and text_encoder_lr (or frozen "
+            "text encoders) set every rate, as in kohya",
+        )
+
+
+def convert_length(args: KohyaArgs, conv: Conversion, data: DataFacts) -> int | None:
+    """``trainer.max_epochs`` / ``max_steps``, accumulation, clipping; the run's optimizer steps, if known."""
+    accumulate = args.number("gradient_accumulation_steps", int)
+    if accumulate is not None:
+        conv.set("trainer.accumulate_grad_batches", accumulate, args.source("gradient_accumulation_steps"))
+    epochs, steps = args.number("max_train_epochs", int), args.number("max_train_steps", int)
+    per_epoch = math.ceil(math.ceil(data.images * data.num_repeats / data.batch_size) / (accumulate or 1))
+    if epochs:
+        conv.set("trainer.max_epochs", epochs, args.source("max_train_epochs"))
+        if steps is not None:
+            conv.note(
+                "trainer", f"{args.source('max_train_steps')}: unused, max_train_epochs decides (as in kohya)"
+            )
+        total = epochs * per_epoch if data.images else None
+    else:
+        steps = steps or KOHYA_DEFAULT_STEPS
+        source = (
+            args.source("max_train_steps")
+            if "max_train_steps" in args
+            else "kohya default (no max_train_epochs or max_train_steps)"
+        )
+        conv.set("trainer.max_steps", steps, source)
+        conv.set("trainer.max_epochs", -1, source, "the step count alone ends the run, as in kohya")
+        total = steps
+    norm = args.number("max_grad_norm")
+    if norm is None:
+        conv.set("trainer.gradient_clip_val", 1.0, "kohya default (max_grad_norm not set)")
+    elif norm:
+        conv.set("trainer.gradient_clip_val", norm, args.source("max_grad_norm"))
+    else:
+        conv.note("trainer", f"{args.source('max_grad_norm')}: no gradient clipping, as bespoke_pl's default")
+    return total
+
+
+def convert_schedule(args: KohyaArgs, conv: Conversion, total: int | None) -> None:
+    """``model.lr_schedule`` and ``lr_warmup_steps`` (a fraction of the run, in kohya, when below 1)."""
+    name = (args.text("lr_scheduler") or "constant").lower()
+    source = args.source("lr_scheduler") if "lr_scheduler" in args else "kohya default (lr_scheduler not set)"
+    cycles, power = args.number("lr_scheduler_num_cycles"), args.number("lr_scheduler_power")
+    if name in SCHEDULES:
+        why = (
+            "bespoke_pl's constant warms up over lr_warmup_steps first"
+            if name == "constant_with_warmup"
+            else ""
+        )
+        conv.set("model.lr_schedule", SCHEDULES[name], source, why)
+    elif name == "cosine_with_restarts":
+        conv.set("model.lr_schedule", "cosine", source, "one cosine decay, without restarts")
+        if cycles and cycles > 1:
+            conv.skip(
+                args.source("lr_scheduler_num_cycles").removeprefix("kohya "), "one cosine, no restarts"
+            )
+        elif cycles is not None:
+            conv.note("model", f"{args.source('lr_scheduler_num_cycles')}: one cosine decay")
+    elif name == "polynomial":
+        conv.set("model.lr_schedule", "linear", source, "a polynomial of power 1 is linear")
+        if power not in (None, 1):
+            conv.skip(args.source("lr_scheduler_power").removeprefix("kohya "), "linear decay only (power 1)")
+        elif power is not None:
+            conv.note("model", f"{args.source('lr_scheduler_power')}: a linear decay")
+    else:
+        conv.skip(
+            source.removeprefix("kohya "),
+            "bespoke_pl has constant, cosine and linear: model.lr_schedule stays constant",
+        )
+    for key, used_by in (
+        ("lr_scheduler_num_cycles", "cosine_with_restarts"),
+        ("lr_scheduler_power", "polynomial"),
+    ):
+        if key in args and name != used_by:
+            conv.note("model", f"{args.source(key)}: unused with lr_scheduler {name} (as in kohya)")
+    warmup = args.number("lr_warmup_steps")
+    if warmup is None:
+        return
+    if isinstance(args.raw("lr_warmup_steps"), float) and warmup < 1:
+        if total is None:
+            conv.skip(
+                args.source("lr_warmup_steps").removeprefix("kohya "),
+                "a fraction of a run whose length is not known here; give steps",
+            )
+            return
+        why = f"kohya's fraction of the run's {total} optimizer steps"
+        conv.set("model.lr_warmup_steps", int(warmup * total), args.source("lr_warmup_steps"), why)
+    else:
+        why = (
+            "kohya refuses a warmup with constant; here it warms up, then holds"
+            if name == "constant" and warmup
+            else ""
+        )
+        conv.set("model.lr_warmup_steps", int(warmup), args.source("lr_warmup_steps"), why)
+
+
+def convert_precision(args: KohyaArgs, conv: Conversion) -> None:
+    """Mixed precision, attention, compilation, caches and memory."""
+    if "mixed_precision" in args:
+        mode = args.text("mixed_precision")
+        if mode == "bf16":
+            conv.note(
+                "trainer",
+                f"{args.source('mixed_precision')}: trainer.precision is left to bespoke_pl, which "
+                "picks bf16-mixed with bf16 frozen weights on CUDA (fp16 where bf16 is missing) and "
+                "float32 on CPU and Apple MPS",
+            )
+        elif mode in PRECISION:
+            conv.set("trainer.precision", PRECISION[mode][0], args.source("mixed_precision"))
+            conv.set("model.weight_dtype", PRECISION[mode][1], args.source("mixed_precision"))
+        else:
+            raise ConfigError(f"{args.source('mixed_precision')} is not one of kohya's no, fp16, bf16")
+    if "no_half_vae" in args:
+        conv.note(
+            "model",
+            f"{args.source('no_half_vae')}: the VAE always runs in float32 here (SDXL's overflows in fp16)",
+        )
+    kernels = [key for key in ("xformers", "sdpa", "mem_eff_attn") if key in args]
+    if any(args.flag(key) for key in kernels):
+        on = [key for key in kernels if args.flag(key)]
+        why = (
+            ""
+            if on == ["sdpa"]
+            else "PyTorch's fused scaled-dot-product attention does what xformers and mem_eff_attn did"
+        )
+        conv.set("model.attention", "sdpa", ", ".join(args.source(key) for key in on), why)
+    for key in kernels:
+        if not args.flag(key):
+            conv.note(
+                "model", f"{args.source(key)}: model.attention sdpa is bespoke_pl's fused default anyway"
+            )
+    if args.flag("torch_compile"):
+        conv.set("model.compile_unet", True, args.source("torch_compile"))
+    elif "torch_compile" in args:
+        conv.set("model.compile_unet", False, args.source("torch_compile"))
+    backend = args.text("dynamo_backend")
+    if backend not in (None, "inductor"):
+        conv.skip(
+            args.source("dynamo_backend").removeprefix("kohya "),
+            "torch.compile with its default backend (inductor) only",
+        )
+    elif backend:
+        conv.note("model", f"{args.source('dynamo_backend')}: torch.compile's default backend")
+    if args.flag("highvram"):
+        conv.set("model.offload_frozen", False, args.source("highvram"))
+    elif "highvram" in args:
+        conv.note(
+            "model",
+            f"{args.source('highvram')}: after caching the frozen parts leave the GPU (model.offload_frozen)",
+        )
+    _caches(args, conv)
+
+
+def _caches(args: KohyaArgs, conv: Conversion) -> None:
+    if "cache_latents" in args:
+        if args.flag("cache_latents"):
+            conv.set("model.cache_latents", True, args.source("cache_latents"))
+        else:
+            why = (
+                "nothing is augmented, so a cached latent is exactly what each step would encode: saved time"
+            )
+            conv.set("model.cache_latents", True, args.source("cache_latents"), why)
+    if args.flag("cache_latents_to_disk"):
+        folder = str(Path(args.values.get("output_dir") or "logs") / "latent_cache")
+        why = "kohya writes an .npz beside each image; here one folder, keyed by pixels, VAE and pixel_scale"
+        conv.set("model.latent_cache_dir", folder, args.source("cache_latents_to_disk"), why)
+    elif "cache_latents_to_disk" in args:
+        conv.note("model", f"{args.source('cache_latents_to_disk')}: latents stay in memory")
+    if "cache_text_encoder_outputs" in args:
+        why = (
+            ""
+            if args.flag("cache_text_encoder_outputs")
+            else "cached whenever valid: text encoders frozen, captions fixed"
+        )
+        conv.set("model.cache_text", True, args.source("cache_text_encoder_outputs"), why)
+    for key in ("max_data_loader_n_workers", "persistent_data_loader_workers"):
+        if key in args:
+            args.raw(key)
+            conv.note(
+                "data", f"{args.source(key)}: the images are in memory, so data.num_workers stays 0 (fastest)"
+            )
+
+
+def convert_objective(args: KohyaArgs, conv: Conversion) -> None:
+    """Seed, clip skip, noise offset, Min-SNR and the loss."""
+    seed = args.number("seed", int)
+    if seed is not None:
+        conv.set("seed_everything", seed, args.source("seed"))
+    clip_skip = args.number("clip_skip", int)
+    if conv.family == "sdxl":
+        source = (
+            args.source("clip_skip")
+            if clip_skip is not None
+            else "kohya's SDXL conditioning (clip_skip not set)"
+        )
+        why = (
+            ""
+            if clip_skip == 2
+            else "kohya's SDXL training ignores clip_skip and always uses the penultimate layers: clip_skip 2"
+        )
+        conv.set("model.clip_skip", 2, source, why)
+    else:
+        conv.set(
+            "model.clip_skip",
+            clip_skip or 1,
+            args.source("clip_skip") if clip_skip else "kohya default (clip_skip not set: the last layer)",
+        )
+    offset = args.number("noise_offset")
+    if offset is not None:
+        conv.set("model.noise_offset", offset, args.source("noise_offset"))
+    gamma = args.number("min_snr_gamma")
+    if gamma:
+        conv.set("model.min_snr_gamma", gamma, args.source("min_snr_gamma"))
+    elif "min_snr_gamma" in args:
+        conv.note("model", f"{args.source('min_snr_gamma')}: plain MSE, as bespoke_pl's default")
+    loss = args.text("loss_type")
+    if loss not in (None, "l2"):
+        conv.skip(args.source("loss_type").removeprefix("kohya "), "bespoke_pl's loss is MSE (l2)")
+    elif loss:
+        conv.note("model", f"{args.source('loss_type')}: MSE, as bespoke_pl")
+    if "gradient_checkpointing" in args:
+        conv.set(
+            "model.gradient_checkpointing",
+            args.flag("gradient_checkpointing"),
+            args.source("gradient_checkpointing"),
+        )
