@@ -8,22 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from failing import run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bespoke_pl.commands.cli import main
-
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args, capsys) -> tuple[int, str, str]:
-    """main(args) -> (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_fit_help_leads_with_the_projects_sections(capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from failing import run
 from PIL import Image
 
 from bespoke_pl.commands.cli import main
@@ -38,16 +39,6 @@ def work(tmp_path, monkeypatch) -> Path:
     shutil.copytree(ROOT / "configs" / "kohya", tmp_path / "configs" / "kohya")
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_toml(path: Path, text: str) -> Path:

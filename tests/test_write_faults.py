@@ -5,7 +5,7 @@ interrupted write's temporary file is removed by the next run in that folder."""
 import errno
 
 import pytest
-from failing import fails
+from failing import fails, failure_lines
 from PIL import Image
 from test_cli import fit_args
 
@@ -14,24 +14,13 @@ from bespoke_pl.commands.cli import main
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
 
-def run_fails(args: list[str], capsys) -> list[str]:
-    """Run the CLI; expect exit status 1, no traceback, and return stderr's lines."""
-    with pytest.raises(SystemExit) as raised:
-        main(args)
-    assert raised.value.code == 1
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    assert "Exception in thread" not in captured.err
-    return captured.err.splitlines()
-
-
 def test_a_full_disk_while_a_sample_png_is_written(tmp_path, tiny_sd15, demo_data, capsys, monkeypatch):
     def full(image, fp, *args, **kwargs):
         raise DISK_FULL
 
     monkeypatch.setattr(Image.Image, "save", full)
     args = fit_args(tmp_path, tiny_sd15, demo_data, "--model.family", "sd15", "--trainer.max_epochs", "1")
-    lines = run_fails(args, capsys)
+    lines = failure_lines(args, capsys, 1)
     run = tmp_path / "logs" / "demo" / "version_0"
     png = run / "samples" / "epoch-000001" / "00-seed42.png"
     assert lines == [
@@ -53,7 +42,7 @@ def test_a_full_disk_inside_the_tensorboard_writer(tmp_path, tiny_sd15, demo_dat
 
     monkeypatch.setattr(RecordWriter, "write", fills_up)
     args = fit_args(tmp_path, tiny_sd15, demo_data, "--model.family", "sd15", "--trainer.max_epochs", "2")
-    lines = run_fails(args, capsys)
+    lines = failure_lines(args, capsys, 1)
     assert lines[0] == "error: could not write the TensorBoard event file: No space left on device"
     # the first records fill the disk before any epoch ends: nothing to keep, and the line says so
     assert lines[1:] == [f"nothing saved yet in {tmp_path / 'logs' / 'demo' / 'version_0'}"]
