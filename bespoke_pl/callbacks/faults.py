@@ -5,12 +5,15 @@
 - Checkpoints are written by :class:`AtomicCheckpointIO` to a temporary file next to the target, synced and
   renamed, so a kill or a full disk mid-write leaves the earlier file whole (Lightning's default writes
   through a temporary file in the system temp folder, which is a copy, not a rename, across disks).
+- Every other file of a run or a command (samples, reports, generated images) goes through :func:`write_file`:
+  atomic too, and a failed write is an :class:`~bespoke_pl.errors.OutputError` naming the file.
 - Any failure: the exception carries ``kept``, a line naming the LoRA files and checkpoint still on disk.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +49,19 @@ def write_failure(path: Path, error: BaseException, earlier: list[Path]) -> str:
     return f"could not write {path}: {reason}; {kept}"
 
 
+def write_file(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """:func:`atomic_write`, with a failure to write (a full disk, no permission) raised as an
+    :class:`~bespoke_pl.errors.OutputError` that names the file; any earlier file there stays whole."""
+    try:
+        return atomic_write(path, write)
+    except OSError as error:
+        raise OutputError(write_failure(Path(path), error, [])) from error
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to ``.NAME.PID.tmp`` beside the target, fsync, then an atomic rename."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path):  # remote storage: Lightning's fsspec writer
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        try:
-            atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-        except OSError as error:
-            raise OutputError(write_failure(path, error, [])) from error
+        write_file(Path(path), lambda tmp: torch.save(checkpoint, tmp))

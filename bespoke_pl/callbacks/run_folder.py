@@ -7,16 +7,14 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
 from PIL import Image
 
-from bespoke_pl.callbacks.faults import write_failure
-from bespoke_pl.errors import ConfigError, OutputError
-from bespoke_pl.files import atomic_write
+from bespoke_pl.callbacks.faults import write_file
+from bespoke_pl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +28,10 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir)
 
 
-def write_run_file(path: Path, write: Callable[[Path], None]) -> None:
-    """Write one file of the run atomically; a failure (a full disk, no permission) is an
-    :class:`~bespoke_pl.errors.OutputError` naming the file, and any earlier file there stays whole."""
-    try:
-        atomic_write(path, write)
-    except OSError as error:
-        raise OutputError(write_failure(path, error, [])) from error
-
-
 def save_png(image: torch.Tensor, path: Path) -> None:
     """Save a uint8 (3, H, W) tensor as an RGB PNG (lossless: colours are kept exactly)."""
     array = image.permute(1, 2, 0).cpu().numpy()
-    write_run_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
+    write_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
 
 
 def check_writable(folder: Path, option: str = "trainer.logger.init_args.save_dir") -> None:

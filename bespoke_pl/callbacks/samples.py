@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bespoke_pl.callbacks.run_folder import run_dir, save_png, write_run_file
+from bespoke_pl.callbacks.faults import write_file
+from bespoke_pl.callbacks.run_folder import run_dir, save_png
 from bespoke_pl.data.datamodule import PixelPairs, training_pairs
 from bespoke_pl.data.demo_style import demo_measures
 from bespoke_pl.data.prompts import read_prompts
@@ -139,7 +140,7 @@ class SampleImages(L.Callback):
                 if self.snap and palette is not None:
                     save_png(snapped[i], stem.with_name(stem.name + "-snapped.png"))
             text = json.dumps(dict(zip(map(str, seeds), prompts, strict=True)), indent=1)
-            write_run_file(folder / "prompts.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            write_file(folder / "prompts.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
             for experiment in self._tensorboards(trainer):
                 experiment.add_image("samples/art", image_grid(previews), trainer.global_step)
                 experiment.add_image("samples/raw", image_grid(raw), trainer.global_step)

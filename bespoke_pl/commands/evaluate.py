@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bespoke_pl.callbacks.run_folder import write_run_file
+from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.data.datamodule import PixelArtDataModule, PixelPairs
 from bespoke_pl.data.demo import resolve_demo
 from bespoke_pl.errors import ConfigError, DatasetError
@@ -214,7 +214,7 @@ def write_report(path: Path, report: dict) -> None:
     """Write the JSON report, replacing only an earlier report (never a file of the user's)."""
     check_report_path(path)
     text = json.dumps({REPORT_KEY: 1} | report, indent=1)
-    write_run_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def command(argv: list[str]) -> None:

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.commands.kohya.convert import convert
 from bespoke_pl.commands.kohya.reading import read_table
 from bespoke_pl.commands.kohya.record import Conversion
 from bespoke_pl.errors import ConfigError
-from bespoke_pl.files import atomic_write
 
 
 def from_kohya(toml: str, out: str | None = None, family: Literal["auto", "sd15", "sdxl"] = "auto") -> None:
@@ -40,11 +40,10 @@ def from_kohya(toml: str, out: str | None = None, family: Literal["auto", "sd15"
     written = [target, prompts_file] if conversion.prompts else [target]
     _refuse_existing(*written)
     text = conversion.yaml_text()
-    target.parent.mkdir(parents=True, exist_ok=True)
     if conversion.prompts:
         body = "\n".join(conversion.prompts) + "\n"
-        atomic_write(prompts_file, lambda tmp: tmp.write_text(body, encoding="utf-8"))
-    atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_file(prompts_file, lambda tmp: tmp.write_text(body, encoding="utf-8"))
+    write_file(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     warnings = conversion.warning_lines()
     if warnings:
         count = len(conversion.skipped) + len(conversion.checks)

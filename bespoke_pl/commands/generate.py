@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from bespoke_pl.callbacks.run_folder import write_run_file
+from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.commands.options import device_option, output_folder
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
@@ -49,7 +49,7 @@ def _write_new_png(image: torch.Tensor, path: Path) -> None:
     if path.exists():
         raise FileExistsError(f"refusing to overwrite {path}")
     array = image.permute(1, 2, 0).cpu().numpy()
-    write_run_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
+    write_file(path, lambda tmp: Image.fromarray(array, "RGB").save(tmp, format="PNG"))
 
 
 def prompts_option(prompt: str | None, prompts_file: str | None) -> list[str]:
@@ -182,7 +182,7 @@ def generate_images(
         ],
     }
     text = json.dumps(record, indent=1)
-    write_run_file(folder / f"{first:04d}-generate.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_file(folder / f"{first:04d}-generate.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return [*written, sheet]
 
 
