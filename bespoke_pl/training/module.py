@@ -242,10 +242,23 @@ class PixelLoRAModule(L.LightningModule):
         return predict_noise(self.unet, noisy, timesteps, embeds, self.conditioning_size)
 
     # ------------------------------------------------------------------------------------- training
-    def compute_loss(self, latents: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
+    def compute_loss(
+        self,
+        latents: torch.Tensor,
+        embeds: PromptEmbeds,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The diffusion loss of latents (B, 4, h, w); random timesteps and noise unless given.
+
+        Validation gives both (fixed per image, so every epoch's loss is measured on the same problems);
+        then nothing random is added.
+        """
         h = self.hparams
-        noise = make_noise(latents, h.noise_offset)
-        timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), device=latents.device)
+        if noise is None:
+            noise = make_noise(latents, h.noise_offset)
+        if timesteps is None:
+            timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), device=latents.device)
         noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
         weights = None
