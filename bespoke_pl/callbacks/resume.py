@@ -131,6 +131,12 @@ class RunCheckpoint(ModelCheckpoint):
         candidates["epoch"] = torch.tensor(trainer.current_epoch)
         return candidates
 
+    def _should_save_on_train_epoch_end(self, trainer: L.Trainer) -> bool:
+        # Lightning would save at the validation's end when a run validates: before the epoch's LoRA file
+        # and samples, so a kill between the two would resume past an epoch whose files were never written.
+        # The validation loss is logged by then either way, so a monitor on val/loss still works.
+        return True if self._save_on_train_epoch_end is None else self._save_on_train_epoch_end
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # saved in on_train_epoch_end

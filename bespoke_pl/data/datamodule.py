@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,42 @@ class PixelPairs:
         """The training palette (P, 3) uint8, computed once per run: for the palette lock of samples, the
         metrics, the round trip and the LoRA file's header."""
         return palette_of(self.images)
+
+    def subset(self, indices: list[int]) -> PixelPairs:
+        """The pairs at ``indices``, in that order."""
+        return PixelPairs(
+            [self.paths[i] for i in indices], self.images[indices], [self.captions[i] for i in indices]
+        )
+
+
+def spread(total: int, count: int) -> list[int]:
+    """``count`` indices evenly spread over ``range(total)``: a fixed, seed-free choice of images."""
+    count = min(count, total)
+    return [int((i + 0.5) * total / count) for i in range(count)]
+
+
+def split_off(pairs: PixelPairs, val_split: float, source: Path) -> tuple[PixelPairs, PixelPairs]:
+    """(training pairs, held-out pairs): ``val_split`` images evenly spread over the sorted file names.
+
+    Spread, not random: the choice depends on the folder alone (not on the seed), so runs with other seeds
+    are validated on the same images, and it samples the whole set rather than one end of it.
+
+    Args:
+        val_split: Below 1, a fraction of the images (rounded up); from 1, a count.
+        source: The folder, for the error message.
+    """
+    total = len(pairs.captions)
+    count = math.ceil(val_split * total) if val_split < 1 else int(val_split)
+    if val_split >= 1 and val_split != int(val_split):
+        raise ValueError(f"data.val_split {val_split} is neither a fraction below 1 nor a whole count")
+    if count >= total:
+        raise DatasetError(
+            f"data.val_split {val_split} holds out {count} of the {total} images in {source}, "
+            "leaving none to train on"
+        )
+    held = spread(total, count)
+    kept = [i for i in range(total) if i not in set(held)]
+    return pairs.subset(kept), pairs.subset(held)
 
 
 def parse_colour(value: str) -> tuple[int, int, int]:
@@ -160,6 +197,10 @@ class PixelArtDataModule(L.LightningDataModule):
         tokenizer_from: A base model (spec, folder or hub id) whose CLIP tokenizer measures the captions'
             lengths, when it is on disk; unset: a CLIP-like estimate. ``fit`` links it to the model's
             ``base_config`` or ``base_model``.
+        val_split: Images of ``root`` held out for the validation loss: below 1 a fraction (0.05: 10 of
+            200), from 1 a count; chosen evenly over the sorted file names, the same for every seed.
+            0 with no ``val_root``: no validation.
+        val_root: A separate folder of held-out pairs (checked like ``root``), instead of ``val_split``.
     """
 
     def __init__(
@@ -176,6 +217,8 @@ class PixelArtDataModule(L.LightningDataModule):
         keep_tokens: int = 0,
         num_workers: int = 0,
         tokenizer_from: str | None = None,
+        val_split: float = 0.0,
+        val_root: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= caption_dropout <= 1.0:
@@ -183,13 +226,21 @@ class PixelArtDataModule(L.LightningDataModule):
         if num_repeats < 1 or batch_size < 1:
             raise ValueError("num_repeats and batch_size must be >= 1")
         self.save_hyperparameters()
+        if val_split < 0:
+            raise ValueError(f"data.val_split must be >= 0, got {val_split}")
+        if val_split and val_root:
+            raise ValueError("give data.val_split or data.val_root, not both")
         self.pairs: PixelPairs | None = None
+        self.val_pairs: PixelPairs | None = None
         self.train_set: PixelPairDataset | None = None
         self.epoch_order: EpochOrder | None = None
 
     @property
     def root_path(self) -> Path:
-        root = self.hparams.root
+        return self._folder(self.hparams.root)
+
+    @staticmethod
+    def _folder(root: str) -> Path:
         if root.startswith("demo:"):
             from bespoke_pl.data.demo import resolve_demo
 
@@ -206,11 +257,27 @@ class PixelArtDataModule(L.LightningDataModule):
             h = self.hparams
             if tokenizer is None and h.tokenizer_from:
                 tokenizer = caption_tokenizer(h.tokenizer_from)
-            self.pairs = load_pairs(
-                self.root_path, h.resolution, h.caption_extension, h.background, h.default_caption, tokenizer
-            )
-            log.info("loaded %d image-caption pairs from %s", len(self.pairs.captions), self.root_path)
+            rules = (h.resolution, h.caption_extension, h.background, h.default_caption, tokenizer)
+            pairs = load_pairs(self.root_path, *rules)
+            log.info("loaded %d image-caption pairs from %s", len(pairs.captions), self.root_path)
+            if h.val_root:
+                self.val_pairs = load_pairs(self._folder(h.val_root), *rules)
+            elif h.val_split:
+                pairs, self.val_pairs = split_off(pairs, h.val_split, self.root_path)
+            if self.val_pairs is not None:
+                log.info("validation: %d held-out images", len(self.val_pairs.captions))
+            self.pairs = pairs
         return self.pairs
+
+    def validation_sets(self) -> list[PixelPairs]:
+        """[held-out pairs, as many training pairs spread over the set] when validating, else [].
+
+        The second set is measured the same way, so the gap between the two losses shows overfitting.
+        """
+        if self.val_pairs is None:
+            return []
+        train = self.load()
+        return [self.val_pairs, train.subset(spread(len(train.captions), len(self.val_pairs.captions)))]
 
     def prepare_data(self) -> None:
         # Builds the demo set once (rank zero) when ``root`` names it; a no-op for a real folder.
@@ -221,6 +288,9 @@ class PixelArtDataModule(L.LightningDataModule):
         self.train_set = PixelPairDataset(
             self.load(), h.num_repeats, h.caption_dropout, h.shuffle_captions, h.keep_tokens
         )
+        if self.trainer is not None and not self.validation_sets():
+            # No validation set: Lightning would still ask for the loaders and warn that they are empty.
+            self.trainer.limit_val_batches = 0
         if self.trainer is None or self.trainer.world_size == 1:
             # A seeded, resumable order (see resume.py); with several devices Lightning's sampler is used.
             self.epoch_order = EpochOrder(len(self.train_set), h.batch_size, torch.initial_seed())
@@ -245,3 +315,17 @@ class PixelArtDataModule(L.LightningDataModule):
             num_workers=self.hparams.num_workers,
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """The held-out images, then the training subset (``dataloader_idx`` 0 and 1); in a fixed order.
+
+        Captions stay as written (no dropout or shuffling): validation measures the same problem each time.
+        """
+        # Each loader its own generator: creating an iterator draws a seed, which must not come from the
+        # global RNG that the training noise uses (a run with validation trains exactly as one without).
+        return [
+            DataLoader(
+                PixelPairDataset(pairs), self.hparams.batch_size, generator=torch.Generator().manual_seed(0)
+            )
+            for pairs in self.validation_sets()
+        ]

@@ -38,6 +38,13 @@ from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
 from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
+from bespoke_pl.training.validation import (
+    SPLITS,
+    LossSums,
+    ValidationCaches,
+    batch_loss_sum,
+    fixed_timesteps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,9 @@ class PixelLoRAModule(L.LightningModule):
         sdxl_size: The original/target size SDXL's time ids tell the UNet, in px (e.g. 1024: "a 1024 px
             image"); unset: the training size, ``resolution * pixel_scale``. Recorded in the LoRA file, so
             ``generate`` conditions the same way. SD 1.5 has no size conditioning.
+        validation_timesteps: With a validation set (``data.val_split`` / ``data.val_root``): how many fixed
+            timesteps, spread over the schedule, each held-out image is measured at (``val/loss``).
+        validation_seed: Seeds the validation noise (fixed per image): same seed, same measure.
     """
 
     def __init__(
@@ -120,6 +130,8 @@ class PixelLoRAModule(L.LightningModule):
         offload_frozen: bool = True,
         skip_nonfinite_loss: int = 0,
         sdxl_size: int | None = None,
+        validation_timesteps: int = 4,
+        validation_seed: int = 0,
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -134,6 +146,8 @@ class PixelLoRAModule(L.LightningModule):
         self.text_cache: TextCache | None = None
         self.skipped_batches = 0
         self.epoch_loss = EpochLoss()
+        self.validation: ValidationCaches | None = None
+        self.val_sums = LossSums.empty()
 
     # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
@@ -219,17 +233,19 @@ class PixelLoRAModule(L.LightningModule):
         return self.hparams.sdxl_size or self.image_size
 
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixels: torch.Tensor, mean: bool = False) -> torch.Tensor:
         """uint8 art (B, 3, 24, 24) -> scaled latents (B, 4, 3k, 3k) through the fp32 VAE.
 
         The posterior mean, not a sample: the art is exact, and a deterministic latent is what a cache
-        stores; the SD VAE's posterior variance is tiny anyway.
+        stores; the SD VAE's posterior variance is tiny anyway. ``latent_sampling='sample'`` draws instead,
+        unless ``mean`` (validation, which must measure the same latent every time).
         """
         vae_device = next(self.vae.parameters()).device
         images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(vae_device)
         with torch.autocast(vae_device.type, enabled=False):
             posterior = self.vae.encode(images.float()).latent_dist
-            latents = posterior.sample() if self.hparams.latent_sampling == "sample" else posterior.mean
+            draw = self.hparams.latent_sampling == "sample" and not mean
+            latents = posterior.sample() if draw else posterior.mean
         return latents.to(self.device) * self.vae.config.scaling_factor
 
     def encode_text(self, captions: list[str]) -> PromptEmbeds:
@@ -267,6 +283,9 @@ class PixelLoRAModule(L.LightningModule):
         return diffusion_loss(self.predict(noisy, timesteps, embeds), target, weights)
 
     def on_fit_start(self) -> None:
+        # Validation latents first: build_caches may move the VAE off the accelerator afterwards.
+        sets = getattr(self.trainer.datamodule, "validation_sets", list)()
+        self.validation = ValidationCaches.build(self, sets) if sets else None
         build_caches(self, self.trainer.datamodule)
 
     def batch_loss(self, batch: dict) -> torch.Tensor:
@@ -312,6 +331,30 @@ class PixelLoRAModule(L.LightningModule):
         if count > 0:
             self.log("train/loss_epoch", total / count, on_step=False, on_epoch=True)
         self.log("epoch", float(self.current_epoch + 1), on_step=False, on_epoch=True)
+
+    # ----------------------------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = LossSums.empty()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """The deterministic loss (see :mod:`~bespoke_pl.training.validation`) of held-out images
+        (``dataloader_idx`` 0) or of the training subset (1)."""
+        index = batch["index"]
+        if self.validation is not None:
+            latents, embeds = self.validation.lookup(self, dataloader_idx, index, list(batch["caption"]))
+        else:  # validation outside fit (no caches built)
+            latents, embeds = self.encode_images(batch["pixels"]), self.encode_text(list(batch["caption"]))
+        timesteps = fixed_timesteps(self.hparams.validation_timesteps, len(self.alphas_cumprod))
+        seed = self.hparams.validation_seed + dataloader_idx  # the subset's noise is not the held-out's
+        total = batch_loss_sum(self.compute_loss, latents, embeds, index, timesteps, seed)
+        self.val_sums.add(SPLITS[dataloader_idx], total, len(index))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.val_sums
+        if self.trainer.world_size > 1:  # each process measured its share of the images
+            sums = sums.reduced(self.trainer.strategy, self.device)
+        for name, value in sums.means().items():
+            self.log(name, value, on_epoch=True, add_dataloader_idx=False, batch_size=1)
 
     def configure_optimizers(self):
         return lora_optimizer(self)

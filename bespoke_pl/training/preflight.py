@@ -98,6 +98,23 @@ def value_problems(config) -> list[str]:
         )
     if not 0 <= data.caption_dropout <= 1 or _bad_number(data.caption_dropout):
         problems.append(f"data.caption_dropout must be in [0, 1], got {data.caption_dropout}")
+    problems += _validation_problems(model, data)
+    return problems
+
+
+def _validation_problems(model, data) -> list[str]:
+    split = data.val_split
+    problems = []
+    if _bad_number(split) or split < 0 or (split >= 1 and split != int(split)):
+        problems.append(
+            f"data.val_split must be a fraction in [0, 1) or a whole count of images, got {split}"
+        )
+    if split and data.val_root:
+        problems.append(
+            "data.val_split and data.val_root both set: hold out images or give a folder, not both"
+        )
+    if model.validation_timesteps < 1:
+        problems.append(f"model.validation_timesteps must be >= 1, got {model.validation_timesteps}")
     return problems
 
 
