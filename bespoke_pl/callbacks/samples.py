@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -10,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from bespoke_pl.callbacks.ema import find_ema
 from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.callbacks.run_folder import run_dir, save_png
 from bespoke_pl.data.datamodule import PixelPairs, training_pairs
@@ -122,9 +124,11 @@ class SampleImages(L.Callback):
             prompts = self.resolve_prompts(trainer)
             seeds = [self.seed + i for i in range(len(prompts))]
             started = time.perf_counter()
-            raw = pl_module.sample(
-                prompts, seeds, self.negative_prompt, self.steps, self.guidance_scale, self.sampler
-            )
+            ema = find_ema(trainer)
+            with ema.applied(pl_module, ema.use_for_samples) if ema else contextlib.nullcontext():
+                raw = pl_module.sample(
+                    prompts, seeds, self.negative_prompt, self.steps, self.guidance_scale, self.sampler
+                )
             k = pl_module.hparams.pixel_scale
             pairs = training_pairs(trainer)
             palette = pairs.palette if self.palette_lock and pairs is not None else None

@@ -11,6 +11,8 @@ from typing import Literal
 import lightning as L
 import torch
 
+from bespoke_pl.callbacks.ema import FILE_SUFFIX as EMA_SUFFIX
+from bespoke_pl.callbacks.ema import find_ema
 from bespoke_pl.callbacks.faults import write_failure
 from bespoke_pl.callbacks.run_folder import check_run_folder, run_dir
 from bespoke_pl.data.datamodule import training_pairs
@@ -50,22 +52,24 @@ class SaveLoRAEveryEpoch(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.run_dir = run_dir(trainer)
 
-    def path_for(self, trainer: L.Trainer, epoch: int) -> Path:
-        return self.run_dir / f"{self.output_name}-{epoch:06d}.safetensors"
+    def path_for(self, trainer: L.Trainer, epoch: int, suffix: str = "") -> Path:
+        return self.run_dir / f"{self.output_name}-{epoch:06d}{suffix}.safetensors"
 
-    def free_path_for(self, trainer: L.Trainer, epoch: int) -> Path:
+    def free_path_for(self, trainer: L.Trainer, epoch: int, suffix: str = "") -> Path:
         """``path_for``, or ``...-000003-1.safetensors`` etc. if taken: a finished file is never replaced.
 
         It can exist when a run resumes from a checkpoint older than an epoch's file (an explicit older
         ``--ckpt_path``, or a kill between the file and the epoch-end checkpoint).
         """
-        path = self.path_for(trainer, epoch)
+        path = self.path_for(trainer, epoch, suffix)
         n = 0
         while path.exists():
             n += 1
-            path = path.with_name(f"{self.output_name}-{epoch:06d}-{n}.safetensors")
+            path = path.with_name(f"{self.output_name}-{epoch:06d}-{n}{suffix}.safetensors")
         if n:
-            log.warning("%s exists; keeping it and writing %s", self.path_for(trainer, epoch).name, path.name)
+            log.warning(
+                "%s exists; keeping it and writing %s", self.path_for(trainer, epoch, suffix).name, path.name
+            )
         return path
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -89,16 +93,26 @@ class SaveLoRAEveryEpoch(L.Callback):
         if epoch % self.every_n_epochs and not last:
             return
         if trainer.is_global_zero:
-            path = self.free_path_for(trainer, epoch)
-            parts = {name: lora_weights(model) for name, model in pl_module.lora_components().items()}
-            metadata = self.metadata(trainer, pl_module, epoch)
-            dtype = getattr(torch, self.save_dtype)
-            try:
-                save_lora_file(
-                    path, parts, pl_module.family, pl_module.unet.config, metadata, self.format, dtype
-                )
-            except (OSError, FloatingPointError) as error:  # disk full, no permission, diverged weights
-                earlier = sorted(self.run_dir.glob(f"{self.output_name}-*.safetensors"))
-                raise OutputError(write_failure(path, error, earlier)) from error
-            log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
+            self.write(trainer, pl_module, epoch)
+            ema = find_ema(trainer)
+            if ema is not None and ema.save:
+                with ema.applied(pl_module):
+                    self.write(
+                        trainer, pl_module, epoch, EMA_SUFFIX, {"bespoke_pl.ema_decay": str(ema.decay)}
+                    )
         trainer.strategy.barrier("save_lora")
+
+    def write(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int, suffix: str = "", extra=None
+    ) -> None:
+        """Write the module's LoRA as this epoch's file (``suffix``: ``-ema`` for the averaged weights)."""
+        path = self.free_path_for(trainer, epoch, suffix)
+        parts = {name: lora_weights(model) for name, model in pl_module.lora_components().items()}
+        metadata = self.metadata(trainer, pl_module, epoch) | (extra or {})
+        dtype = getattr(torch, self.save_dtype)
+        try:
+            save_lora_file(path, parts, pl_module.family, pl_module.unet.config, metadata, self.format, dtype)
+        except (OSError, FloatingPointError) as error:  # disk full, no permission, diverged weights
+            earlier = sorted(self.run_dir.glob(f"{self.output_name}-*.safetensors"))
+            raise OutputError(write_failure(path, error, earlier)) from error
+        log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)

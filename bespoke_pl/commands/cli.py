@@ -22,6 +22,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from bespoke_pl.callbacks.ema import LoRAEMA
 from bespoke_pl.callbacks.resume import RunCheckpoint
 from bespoke_pl.callbacks.roundtrip import RoundTripCheck
 from bespoke_pl.callbacks.run_folder import check_run_folder, check_writable, remove_leftover_temporaries
@@ -81,6 +82,7 @@ SECTIONS = {
     "sample": SampleImages,
     "checkpoint": RunCheckpoint,
     "roundtrip": RoundTripCheck,
+    "ema": LoRAEMA,
     "lr_monitor": LearningRateMonitor,
 }
 HELP_SECTIONS = ("model", "data", *SECTIONS, "trainer")
