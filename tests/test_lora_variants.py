@@ -92,7 +92,10 @@ VARIANTS = {
 KEYS = {
     "loha": {"lin": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}},
     "lokr-full": {"lin": {"lokr_w1", "lokr_w2", "alpha"}, "conv": {"lokr_w1", "lokr_w2", "alpha"}},
-    "lokr-decomposed": {"conv": {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"}},
+    "lokr-decomposed": {
+        "lin": {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+        "conv": {"lokr_w1", "lokr_w2_a", "lokr_w2_b", "alpha"},
+    },
     "dora": {"lin": {"lora_down.weight", "lora_up.weight", "alpha", "dora_scale"}},
 }
 

@@ -75,6 +75,7 @@ class LoHaWeights:
         return first * second * (scale * self.alpha / self.rank)
 
     def kohya_tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        _no_magnitude(self)
         tensors = dict(zip(LOHA_ROLES, (self.w1a, self.w1b, self.w2a, self.w2b), strict=True))
         return {**{k: v.to(dtype) for k, v in tensors.items()}, "alpha": _alpha(self.alpha)}
 
@@ -128,9 +129,15 @@ class LoKrWeights:
         return torch.kron(w1, w2).flatten(1) * (scale * factor)
 
     def kohya_tensors(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        _no_magnitude(self)
         parts = (self.w1, self.w1a, self.w1b, self.w2, self.w2a, self.w2b)
         tensors = {k: v.to(dtype) for k, v in zip(LOKR_ROLES, parts, strict=True) if v is not None}
         return {**tensors, "alpha": _alpha(self.alpha)}
+
+
+def _no_magnitude(weights: LoHaWeights | LoKrWeights) -> None:
+    if weights.magnitude is not None:  # peft trains no DoRA on LoHa/LoKr; files with one are only read
+        raise ValueError(f"DoRA on a {type(weights).__name__.removesuffix('Weights')} is read, not written")
 
 
 def _alpha(alpha: float) -> torch.Tensor:
