@@ -6,12 +6,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
 from bespoke_pl.diffusion.base import load_base
 from bespoke_pl.lora.files import save_lora_file
 from bespoke_pl.lora.inject import add_lora, lora_weights, unet_targets
 from bespoke_pl.lora.loading import LoRAFileError, apply_lora, read_lora_file
-from bespoke_pl.training.module import PixelLoRAModule
 
 
 def unet_output(unet) -> torch.Tensor:
@@ -54,7 +52,7 @@ def test_kohya_file_from_another_tool_loads(tmp_path, tiny_sd15):
         torch.testing.assert_close(layer.weight, expected[name], atol=1e-5, rtol=1e-5)
 
 
-def test_dora_round_trips_through_diffusers_format(tmp_path, tiny_sd15):
+def test_dora_round_trips_through_both_formats(tmp_path, tiny_sd15):
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
     before = unet_output(unet)
@@ -69,24 +67,22 @@ def test_dora_round_trips_through_diffusers_format(tmp_path, tiny_sd15):
     expected = unet_output(unet)
     assert (expected - before).abs().max() > 1e-2
     parts = {"unet": lora_weights(unet)}
-    with pytest.raises(ValueError, match="DoRA, which kohya's LoRA format cannot hold"):
-        save_lora_file(tmp_path / "k.safetensors", parts, "sd15", unet.config, {}, "kohya")
-    path = save_lora_file(
-        tmp_path / "d.safetensors", parts, "sd15", unet.config, {}, "diffusers", torch.float32
-    )
-
-    fresh = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
-    apply_lora({"unet": fresh}, read_lora_file(path), "sd15")
-    torch.testing.assert_close(unet_output(fresh), expected, atol=1e-5, rtol=0)
+    for lora_format in ("kohya", "diffusers"):  # kohya: LyCORIS' dora_scale beside lora_down / lora_up
+        path = save_lora_file(
+            tmp_path / f"{lora_format}.safetensors",
+            parts,
+            "sd15",
+            unet.config,
+            {},
+            lora_format,
+            torch.float32,
+        )
+        fresh = UNet2DConditionModel.from_pretrained(tiny_sd15, subfolder="unet")
+        apply_lora({"unet": fresh}, read_lora_file(path), "sd15")
+        torch.testing.assert_close(unet_output(fresh), expected, atol=1e-5, rtol=0)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd15)
     pipe.load_lora_weights(str(path))
     torch.testing.assert_close(unet_output(pipe.unet), expected, atol=1e-5, rtol=0)
-
-
-def test_dora_with_kohya_format_is_refused_before_training(tiny_sd15):
-    module = PixelLoRAModule(str(tiny_sd15), use_dora=True)
-    with pytest.raises(ValueError, match="--save_lora.format diffusers"):
-        SaveLoRAEveryEpoch().on_fit_start(None, module)
 
 
 def test_pickles_and_other_non_safetensors_are_refused(tmp_path):
@@ -107,11 +103,8 @@ def test_files_that_are_not_plain_sd_loras_are_refused(tmp_path, tiny_sd15):
     cases = {
         "model weights": (None, "is not an SD 1.5 / SDXL LoRA in kohya or diffusers format"),
         "full": ({"model.diffusion_model.out.2.weight": torch.zeros(2)}, "is a full model checkpoint"),
-        "loha": ({"lora_unet_a_b.hada_w1_a": torch.zeros(2)}, "LyCORIS LoHa"),
-        "dora": (
-            {"lora_unet_a.lora_down.weight": torch.zeros(1, 2), "lora_unet_a.dora_scale": torch.zeros(2)},
-            "DoRA in kohya",
-        ),  # fmt: skip
+        "loha": ({"lora_unet_a_b.hada_t1": torch.zeros(2)}, "LyCORIS LoHa with Tucker decomposition"),
+        "oft": ({"lora_unet_a.oft_blocks": torch.zeros(1, 2, 2)}, "uses OFT, which bespoke_pl does not load"),
         "half": (
             {"lora_unet_a.lora_down.weight": torch.zeros(1, 2)},
             "layer lora_unet_a has .*needs both down and up",

@@ -31,8 +31,9 @@ class SaveLoRAEveryEpoch(L.Callback):
         output_name: File name stem of the LoRA files.
         save_dtype: Dtype of the saved weights (float16 halves the file; training stays float32).
         every_n_epochs: Save every N epochs (the last epoch is always saved).
-        format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load) or
-            ``diffusers`` (diffusers/PEFT naming for ``load_lora_weights``; the only one that holds DoRA).
+        format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load; LyCORIS'
+            keys for LoHa, LoKr and DoRA's ``dora_scale``, which diffusers drops) or ``diffusers``
+            (diffusers/PEFT naming for ``load_lora_weights``; holds LoRA and DoRA, not LoHa / LoKr).
     """
 
     def __init__(
@@ -74,9 +75,11 @@ class SaveLoRAEveryEpoch(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Refuse before training, not after the first epoch's compute.
-        if self.format == "kohya" and pl_module.hparams.get("use_dora"):
+        network = pl_module.hparams.get("network", "lora")
+        if self.format == "diffusers" and network != "lora":
             raise ValueError(
-                "kohya's LoRA format cannot hold DoRA (use_dora: true); set --save_lora.format diffusers"
+                f"diffusers' LoRA format cannot hold LoHa / LoKr (model.network: {network}); "
+                "set --save_lora.format kohya"
             )
         if trainer.is_global_zero:
             check_run_folder(self.run_dir, resuming=trainer.ckpt_path is not None)

@@ -2,11 +2,13 @@
 
 * ``kohya``: what sd-scripts writes and ComfyUI, A1111/Forge, diffusers and kohya's own scripts load. Per
   layer ``<name>.lora_down.weight``, ``<name>.lora_up.weight`` and ``<name>.alpha`` (the real network alpha,
-  a float32 scalar), with names from :mod:`bespoke_pl.lora.kohya`.
+  a float32 scalar), with names from :mod:`bespoke_pl.lora.kohya`. LyCORIS' keys under the same names hold
+  DoRA (``<name>.dora_scale``), LoHa (``hada_*``) and LoKr (``lokr_*``); see :mod:`bespoke_pl.lora.lycoris`.
 * ``diffusers``: diffusers/PEFT naming, ``<component>.<module>.lora_A.weight`` / ``lora_B.weight`` with
   component ``unet``, ``text_encoder`` or ``text_encoder_2``, and each component's LoRA configuration (rank,
   alpha, per-layer exceptions, targets) in the header under ``lora_adapter_metadata``, which diffusers'
-  ``load_lora_weights`` reads to apply the real ``alpha / rank`` scale. It can also hold DoRA.
+  ``load_lora_weights`` reads to apply the real ``alpha / rank`` scale. It holds LoRA and DoRA, not
+  LoHa / LoKr (diffusers has no format for them).
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ import torch
 from safetensors.torch import save_file
 
 from bespoke_pl.files import atomic_write
-from bespoke_pl.lora.inject import LoRAWeights
+from bespoke_pl.lora.inject import AdapterWeights, LoRAWeights
 from bespoke_pl.lora.kohya import CLIP_ROOT, diffusers_path, kohya_name, sgm_block_paths
 
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"
 FORMATS = ("kohya", "diffusers")
 # component -> module path -> weights: the LoRA of a whole pipeline, independent of any file format.
-LoRAParts = Mapping[str, Mapping[str, LoRAWeights]]
+LoRAParts = Mapping[str, Mapping[str, AdapterWeights]]
 
 
 def atomic_save_safetensors(
@@ -50,33 +52,31 @@ def atomic_save_safetensors(
 def kohya_tensors(
     parts: LoRAParts, family: str, unet_config: Mapping | None, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
-    """kohya-named tensors; ``unet_config`` (the UNet's config) numbers SDXL's SGM blocks.
-
-    Raises:
-        ValueError: A layer uses DoRA, which kohya's LoRA format cannot hold.
-    """
+    """kohya-named tensors (LyCORIS' keys for DoRA, LoHa and LoKr); ``unet_config`` (the UNet's config)
+    numbers SDXL's SGM blocks."""
     blocks = sgm_block_paths(unet_config) if family == "sdxl" and "unet" in parts else None
     tensors: dict[str, torch.Tensor] = {}
     for component, modules in parts.items():
         for path, weights in modules.items():
-            if weights.magnitude is not None:
-                raise ValueError(
-                    f"{component} layer {path} uses DoRA, which kohya's LoRA format cannot hold; "
-                    "save with --save_lora.format diffusers"
-                )
             name = kohya_name(component, path, family, blocks)
-            tensors[f"{name}.lora_down.weight"] = weights.down.to(dtype)
-            tensors[f"{name}.lora_up.weight"] = weights.up.to(dtype)
-            # float32 whatever the weights' dtype: an alpha like 0.3 survives exactly (loaders call .item()).
-            tensors[f"{name}.alpha"] = torch.tensor(weights.alpha, dtype=torch.float32)
+            tensors |= {f"{name}.{key}": t for key, t in weights.kohya_tensors(dtype).items()}
     return tensors
 
 
 def diffusers_tensors(parts: LoRAParts, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """diffusers/PEFT-named tensors (DoRA magnitudes in peft's shapes)."""
+    """diffusers/PEFT-named tensors (DoRA magnitudes in peft's shapes).
+
+    Raises:
+        ValueError: A layer is LoHa or LoKr, which diffusers' LoRA format cannot hold.
+    """
     tensors: dict[str, torch.Tensor] = {}
     for component, modules in parts.items():
         for path, weights in modules.items():
+            if not isinstance(weights, LoRAWeights):
+                raise ValueError(
+                    f"{component} layer {path} is {type(weights).__name__.removesuffix('Weights')}, which "
+                    "diffusers' LoRA format cannot hold; save with --save_lora.format kohya"
+                )
             stem = diffusers_path(component, path)
             tensors[f"{stem}.lora_A.weight"] = weights.down.to(dtype)
             tensors[f"{stem}.lora_B.weight"] = weights.up.to(dtype)

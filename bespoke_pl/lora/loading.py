@@ -2,7 +2,8 @@
 
 :func:`read_lora_file` reads and checks a file on its own; :func:`apply_lora` resolves every LoRA layer in it
 to a layer of the base model and merges ``W += scale * alpha / r * up @ down`` into that layer's weight
-(DoRA: then rescales each output row to its recorded magnitude, as peft does). Nothing is silently dropped:
+(LyCORIS' LoHa and LoKr: their update, see :mod:`bespoke_pl.lora.lycoris`; DoRA: then rescales each output
+row, or each input channel for an older LyCORIS ``dora_scale``, to its recorded magnitude, as peft does). Nothing is silently dropped:
 a key that is not a LoRA key, a layer name that matches no base layer, or a shape that does not fit is an
 error naming the file and the layer. Only safetensors files are read: a pickle can run code when loaded.
 """
@@ -20,8 +21,9 @@ from torch import nn
 
 from bespoke_pl.errors import LoRAFileError
 from bespoke_pl.lora.files import DIFFUSERS_METADATA_KEY
-from bespoke_pl.lora.inject import LoRAWeights
+from bespoke_pl.lora.inject import AdapterWeights, LoRAWeights
 from bespoke_pl.lora.kohya import accepted_names, diffusers_path, sgm_block_paths
+from bespoke_pl.lora.lycoris import LOHA_ROLES, LOKR_ROLES, file_magnitude, lycoris_layer
 from bespoke_pl.lora.validate import check_weights
 
 log = logging.getLogger(__name__)
@@ -39,15 +41,16 @@ ROLES = {
     "lora.up.weight": "up",
     "lora_magnitude_vector.weight": "magnitude",
     "lora_magnitude_vector": "magnitude",
+    "dora_scale": "dora_scale",
     "alpha": "alpha",
+    **{role: role for role in LOHA_ROLES + LOKR_ROLES},
 }
 # how other adapter kinds' keys end -> what to call them in the refusal
 UNSUPPORTED = {
-    r"\.hada_\w+$": "LyCORIS LoHa (hada_*)",
-    r"\.lokr_\w+$": "LyCORIS LoKr (lokr_*)",
+    r"\.hada_t[12]$": "LyCORIS LoHa with Tucker decomposition (hada_t1/hada_t2)",
+    r"\.lokr_t[12]$": "LyCORIS LoKr with Tucker decomposition (lokr_t1/lokr_t2)",
     r"\.lora_mid\.weight$": "LoCon with Tucker decomposition (lora_mid)",
     r"\.oft_\w+$": "OFT",
-    r"\.dora_scale$": "DoRA in kohya/LyCORIS format (dora_scale)",
     r"\.diff(_b)?$": "full weight differences (.diff)",
     r"\.lora_B\.bias$": "LoRA with bias terms",
     r"^bundle_emb\.": "bundled textual-inversion embeddings",
@@ -60,7 +63,7 @@ class LoRAFile:
 
     path: Path
     format: str  # "kohya" or "diffusers"
-    modules: dict[str, LoRAWeights]
+    modules: dict[str, AdapterWeights]
     metadata: dict[str, str] = field(default_factory=dict)
     family: str | None = None  # what the file says it is for; None when it does not say
 
@@ -147,7 +150,9 @@ def read_lora_file(path: str | Path) -> LoRAFile:
     keys = list(tensors)
     for pattern, kind in UNSUPPORTED.items():
         if any(re.search(pattern, k) for k in keys):
-            raise LoRAFileError(f"{path} uses {kind}, which bespoke_pl does not load (only plain LoRA)")
+            raise LoRAFileError(
+                f"{path} uses {kind}, which bespoke_pl does not load (LoRA, DoRA, LoHa and LoKr only)"
+            )
     if keys and all(k.startswith(KOHYA_PREFIXES) for k in keys):
         lora_format = "kohya"
     elif keys and all(k.startswith(DIFFUSERS_PREFIXES) for k in keys):
@@ -164,8 +169,14 @@ def read_lora_file(path: str | Path) -> LoRAFile:
         part_keys.setdefault(split[0], {})[split[1]] = key
     family = _declared_family(path, metadata, list(parts))  # another model's LoRA: say so first
     adapter = json.loads(metadata.get(DIFFUSERS_METADATA_KEY) or "{}")
-    modules: dict[str, LoRAWeights] = {}
+    modules: dict[str, AdapterWeights] = {}
     for name, roles in parts.items():
+        kinds = {_kind(role) for role in roles} - {None}
+        if len(kinds) > 1:
+            raise LoRAFileError(f"{path}: layer {name} mixes {' and '.join(sorted(kinds))} keys")
+        if kinds:
+            modules[name] = lycoris_layer(path, name, kinds.pop(), roles, part_keys[name])
+            continue
         if "down" not in roles or "up" not in roles:
             raise LoRAFileError(
                 f"{path}: layer {name} has {sorted(roles)} but needs both down and up weights"
@@ -180,9 +191,13 @@ def read_lora_file(path: str | Path) -> LoRAFile:
             alpha = _diffusers_alpha(config, module.removeprefix("text_model."), rank)
         else:
             alpha = float(rank)  # kohya's convention for files without alpha
-        magnitude = roles["magnitude"].reshape(-1) if "magnitude" in roles else None
-        modules[name] = LoRAWeights(roles["down"], roles["up"], alpha, magnitude)
+        magnitude, on_input = file_magnitude(roles)
+        modules[name] = LoRAWeights(roles["down"], roles["up"], alpha, magnitude, on_input)
     return LoRAFile(path, lora_format, modules, metadata, family)
+
+
+def _kind(role: str) -> str | None:
+    return "LoHa" if role.startswith("hada_") else "LoKr" if role.startswith("lokr_") else None
 
 
 def check_family(lora: LoRAFile, family: str, base_name: str = "the base model") -> None:
@@ -212,15 +227,19 @@ def layer_table(components: dict[str, nn.Module], family: str) -> dict[str, tupl
 
 
 @torch.no_grad()
-def merge_lora_layer(layer: nn.Module, weights: LoRAWeights, scale: float = 1.0) -> None:
-    """Add ``scale * alpha / r * up @ down`` to a Linear/Conv2d weight in place (float32 arithmetic)."""
+def merge_lora_layer(layer: nn.Module, weights: AdapterWeights, scale: float = 1.0) -> None:
+    """Add ``scale`` times the layer's update (LoRA: ``alpha / r * up @ down``) to a Linear/Conv2d weight in
+    place (float32 arithmetic); DoRA: then rescale to the recorded magnitudes."""
     weight = layer.weight
     merged = weight.float() + weights.delta(scale).to(weight.device).view_as(weight)
     if weights.magnitude is not None:
-        # DoRA: each output row of the adapted weight gets the trained magnitude.
-        norm = merged.flatten(1).norm(dim=1)
-        factor = weights.magnitude.float().to(weight.device) / norm
-        merged = merged * factor.view(-1, *([1] * (merged.dim() - 1)))
+        magnitude = weights.magnitude.float().to(weight.device)
+        if weights.magnitude_on_input:  # one per input channel: norm over the outputs and the kernel
+            norm = merged.transpose(0, 1).flatten(1).norm(dim=1)
+            merged = merged * (magnitude / norm).view(1, -1, *([1] * (merged.dim() - 2)))
+        else:  # each output row of the adapted weight gets the trained magnitude
+            norm = merged.flatten(1).norm(dim=1)
+            merged = merged * (magnitude / norm).view(-1, *([1] * (merged.dim() - 1)))
     weight.copy_(merged.to(weight.dtype))
 
 
@@ -254,11 +273,17 @@ def apply_lora(
                 f"{lora.path}: layers {other} and {name} both name the {component} layer {path}"
             )
         out_features, per_row = layer.weight.shape[0], layer.weight[0].numel()
-        if weights.up.shape[0] != out_features or weights.down.flatten(1).shape[1] != per_row:
+        if weights.features != (per_row, out_features):
             raise LoRAFileError(
-                f"{lora.path}: LoRA layer {name} maps {weights.down.flatten(1).shape[1]} -> "
-                f"{weights.up.shape[0]} features, but the base model's {path} has weight "
-                f"{tuple(layer.weight.shape)}; the LoRA was trained on another base model"
+                f"{lora.path}: LoRA layer {name} maps {weights.features[0]} -> {weights.features[1]} "
+                f"features, but the base model's {path} has weight {tuple(layer.weight.shape)}; the LoRA "
+                "was trained on another base model"
+            )
+        inputs = layer.weight.shape[1]
+        if weights.magnitude_on_input and weights.magnitude.numel() != inputs:
+            raise LoRAFileError(
+                f"{lora.path}: {name}.dora_scale has {weights.magnitude.numel()} magnitudes per input "
+                f"channel, but the base model's {path} has {inputs} input channels"
             )
     counts: dict[str, int] = {}
     for name, weights in lora.modules.items():

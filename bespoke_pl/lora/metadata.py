@@ -54,6 +54,31 @@ def _learning_rates(trainer: L.Trainer) -> dict[str, float]:
     return {g.get("name", str(i)): float(g.get("initial_lr", g["lr"])) for i, g in enumerate(groups)}
 
 
+def network_record(h) -> tuple[str, dict[str, str]]:
+    """kohya's ``ss_network_module`` and ``ss_network_args`` (strings, as typed on sd-scripts' command line).
+
+    Plain LoRA is sd-scripts' ``networks.lora``. LoHa, LoKr and DoRA are what sd-scripts trains through
+    LyCORIS (``--network_module lycoris.kohya --network_args algo=... dora_wd=True``; see
+    ``lycoris/kohya.py``), so they are recorded that way: ``algo`` ``loha`` / ``lokr`` / ``lora``, LoKr's
+    ``factor``, DoRA's ``dora_wd`` with ``wd_on_output`` (per-output-row magnitudes, LyCORIS' default), and
+    without convolution LoRA the ``attn-mlp`` preset (LyCORIS' default, ``full``, adds the convolutions).
+    """
+    convolutions = {}
+    if h.conv_rank:
+        convolutions = {"conv_dim": str(h.conv_rank), "conv_alpha": str(float(h.conv_alpha or h.conv_rank))}
+    network = h.get("network", "lora")
+    if network == "lora" and not h.use_dora:
+        return "networks.lora", convolutions
+    args = {"algo": network, **convolutions}
+    if not h.conv_rank:
+        args["preset"] = "attn-mlp"
+    if network == "lokr":
+        args["factor"] = str(h.get("lokr_factor", -1))
+    if h.use_dora:
+        args |= {"dora_wd": "True", "wd_on_output": "True"}
+    return "lycoris.kohya", args
+
+
 def training_metadata(
     trainer: L.Trainer,
     module: L.LightningModule,
@@ -77,9 +102,7 @@ def training_metadata(
     num_images = len(pairs.captions) if pairs is not None else 0
     repeats = int(data.get("num_repeats", 1))
     rates = _learning_rates(trainer)
-    network_args = {}
-    if h.conv_rank:
-        network_args = {"conv_dim": str(h.conv_rank), "conv_alpha": str(float(h.conv_alpha or h.conv_rank))}
+    network_module, network_args = network_record(h)
     prediction = "v" if getattr(module, "prediction_type", "epsilon") == "v_prediction" else "epsilon"
     metadata = {
         "ss_session_id": session_id,
@@ -105,7 +128,7 @@ def training_metadata(
         "ss_lr_warmup_steps": h.lr_warmup_steps,
         "ss_mixed_precision": trainer.precision,
         "ss_seed": os.environ.get("PL_GLOBAL_SEED"),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": network_module,
         "ss_network_dim": h.rank,
         "ss_network_alpha": float(h.alpha),
         "ss_network_dropout": h.lora_dropout,

@@ -67,7 +67,15 @@ class PixelLoRAModule(L.LightningModule):
         lora_dropout: Dropout on the LoRA branch input during training.
         conv_rank: Rank of LoRA on the ResNet/sampler convolutions (kohya's ``conv_dim``); unset: none.
         conv_alpha: Alpha of the convolution LoRA; unset: equal to ``conv_rank``.
-        use_dora: Weight-decomposed LoRA (DoRA) instead of plain LoRA.
+        use_dora: Weight-decomposed LoRA (DoRA) instead of plain LoRA (``network: lora`` only).
+        network: The adapter: ``lora``; ``loha`` (LyCORIS' LoHa: the elementwise product of two rank-``rank``
+            LoRA updates, more expressive per parameter); ``lokr`` (LyCORIS' LoKr: a Kronecker product of a
+            small full matrix and a rank-``rank`` one, far fewer parameters). All on the same layers, with
+            ``conv_rank`` for the convolutions; LoHa and LoKr save in kohya/LyCORIS format only, and take
+            neither ``use_dora`` nor ``lora_dropout``.
+        lokr_factor: LoKr's ``factor`` (LyCORIS' name): the small Kronecker factor ``lokr_w1`` is
+            factor x factor where factor divides the layer's sizes (else a smaller divisor); -1 splits each
+            size near its square root.
         train_text_encoder: Also train LoRA on the text encoder(s) (both for SDXL).
         text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
         noise_offset: Per-channel constant added to the training noise (0 disables).
@@ -112,6 +120,8 @@ class PixelLoRAModule(L.LightningModule):
         conv_rank: int | None = None,
         conv_alpha: float | None = None,
         use_dora: bool = False,
+        network: Literal["lora", "loha", "lokr"] = "lora",
+        lokr_factor: int = -1,
         train_text_encoder: bool = False,
         text_encoder_lr: float | None = None,
         noise_offset: float = 0.0,
@@ -172,9 +182,11 @@ class PixelLoRAModule(L.LightningModule):
             [e if e.dtype == dtype else e.to(dtype) for e in base.text_encoders]
         )
         linear, conv = unet_targets(self.unet, include_conv=h.conv_rank is not None)
+        network = {"network": h.network, "lokr_factor": h.lokr_factor}
         add_lora(
-            self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha
-        )
+            self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha,
+            **network,
+        )  # fmt: skip
         if h.train_text_encoder:
             add_text_encoder_lora(
                 list(self.text_encoders),
@@ -184,6 +196,7 @@ class PixelLoRAModule(L.LightningModule):
                 h.alpha,
                 h.lora_dropout,
                 h.use_dora,
+                **network,
             )
         # LoRA weights train in float32 even when the frozen weights they sit on are half precision.
         for parameter in self.trainable_parameters():

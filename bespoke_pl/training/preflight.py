@@ -2,8 +2,9 @@
 
 What is refused, and why:
 - options that do nothing in the combination given (``text_encoder_lr`` with frozen text encoders,
-  ``keep_tokens`` without ``shuffle_captions``, ``conv_alpha`` without ``conv_rank``) or that contradict
-  each other (``sample.every_n_epochs`` beyond ``trainer.max_epochs``: no sample would ever be made);
+  ``keep_tokens`` without ``shuffle_captions``, ``conv_alpha`` without ``conv_rank``, ``lokr_factor``
+  without LoKr, ``use_dora`` / ``lora_dropout`` with LoHa or LoKr) or that contradict each other
+  (``sample.every_n_epochs`` beyond ``trainer.max_epochs``: no sample would ever be made);
 - a ``pixel_scale`` whose image side ``resolution * pixel_scale`` is not a multiple of the VAE's factor
   (8 for SD 1.5 and SDXL): the encoder would drop the last pixels and sampling at that size fails. The
   UNet's own downsampling is not a constraint: diffusers passes explicit upsample sizes, so odd latents
@@ -79,6 +80,10 @@ def value_problems(config) -> list[str]:
     for name in ("rank", "pixel_scale", "clip_skip"):
         if getattr(model, name) < 1:
             problems.append(f"model.{name} must be >= 1, got {getattr(model, name)}")
+    if model.lokr_factor != -1 and model.lokr_factor < 1:
+        problems.append(
+            f"model.lokr_factor must be >= 1 or -1 (near the square root), got {model.lokr_factor}"
+        )
     if model.conv_rank is not None and model.conv_rank < 1:
         problems.append(f"model.conv_rank must be >= 1 or null (no convolution LoRA), got {model.conv_rank}")
     if not 0 <= model.lora_dropout < 1 or _bad_number(model.lora_dropout):
@@ -127,6 +132,12 @@ def check_options(config) -> None:
         problems.append("model.text_encoder_lr is set but model.train_text_encoder is false")
     if data.keep_tokens and not data.shuffle_captions:
         problems.append("data.keep_tokens only applies with data.shuffle_captions: true")
+    if model.lokr_factor != -1 and model.network != "lokr":
+        problems.append("model.lokr_factor is set but model.network is not lokr")
+    if model.network != "lora":  # peft's LoHa/LoKr have neither (only rank and module dropout)
+        for name, value in (("use_dora", model.use_dora), ("lora_dropout", model.lora_dropout)):
+            if value:
+                problems.append(f"model.{name} applies to model.network lora only, not {model.network}")
     if model.conv_alpha is not None and model.conv_rank is None:
         problems.append("model.conv_alpha is set but model.conv_rank is not (no convolution LoRA)")
     sample = config.get("sample")
