@@ -8,18 +8,23 @@ What is refused, and why:
   (8 for SD 1.5 and SDXL): the encoder would drop the last pixels and sampling at that size fails. The
   UNet's own downsampling is not a constraint: diffusers passes explicit upsample sizes, so odd latents
   (3x3 at k=1, 9x9 at k=3) train and sample; with 24x24 art every k is valid (24 = 3 x 8);
+- objective values outside their domain: an empty timestep range, a Huber threshold, shift or logit
+  std <= 0, a negative input perturbation; a range beyond the base's own schedule once it is known;
 - a new run in a folder that already holds another run's LoRA files or checkpoints.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from math import gcd
 from pathlib import Path
 
 from bespoke_pl.diffusion.base import check_family, detect_family, resolve_spec
 from bespoke_pl.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VAE_FACTOR = 8  # SD 1.5 and SDXL
 
@@ -87,6 +92,7 @@ def value_problems(config) -> list[str]:
         problems.append(f"model.noise_offset must be >= 0, got {model.noise_offset}")
     if model.min_snr_gamma is not None and (_bad_number(model.min_snr_gamma) or model.min_snr_gamma <= 0):
         problems.append(f"model.min_snr_gamma must be > 0 or null (off), got {model.min_snr_gamma}")
+    problems += objective_problems(model)
     if model.lr_warmup_steps < 0:
         problems.append(f"model.lr_warmup_steps must be >= 0, got {model.lr_warmup_steps}")
     for name in ("batch_size", "num_repeats"):
@@ -99,6 +105,48 @@ def value_problems(config) -> list[str]:
     if not 0 <= data.caption_dropout <= 1 or _bad_number(data.caption_dropout):
         problems.append(f"data.caption_dropout must be in [0, 1], got {data.caption_dropout}")
     return problems
+
+
+def objective_problems(model) -> list[str]:
+    """The objective options' values that cannot work (timestep range, Huber threshold, perturbation)."""
+    problems = []
+    low, high = model.timestep_min, model.timestep_max
+    if low < 0:
+        problems.append(f"model.timestep_min must be >= 0, got {low}")
+    if high is not None and high <= max(low, 0):
+        problems.append(
+            f"model.timestep_max {high} must be > model.timestep_min {max(low, 0)} "
+            "(timesteps are drawn from [min, max))"
+        )
+    for name in ("huber_c", "timestep_shift", "logit_std"):
+        value = getattr(model, name)
+        if _bad_number(value) or value <= 0:
+            problems.append(f"model.{name} must be > 0, got {value}")
+    if _bad_number(model.logit_mean):
+        problems.append(f"model.logit_mean must be a finite number, got {model.logit_mean}")
+    if _bad_number(model.ip_noise_gamma) or model.ip_noise_gamma < 0:
+        problems.append(f"model.ip_noise_gamma must be >= 0 (0: off), got {model.ip_noise_gamma}")
+    return problems
+
+
+def check_objective(hparams, prediction_type: str, num_timesteps: int) -> None:
+    """What only the base's schedule can tell: a timestep range beyond it, zero terminal SNR on an
+    epsilon base (allowed, as kohya allows it, with a warning)."""
+    if hparams.timestep_max is not None and hparams.timestep_max > num_timesteps:
+        raise ConfigError(
+            f"model.timestep_max {hparams.timestep_max} is beyond the base's {num_timesteps} training timesteps "
+            f"(the range is [timestep_min, timestep_max), at most {num_timesteps})"
+        )
+    if hparams.timestep_min >= num_timesteps:
+        raise ConfigError(
+            f"model.timestep_min {hparams.timestep_min} is beyond the base's {num_timesteps} training timesteps"
+        )
+    if hparams.zero_terminal_snr and prediction_type == "epsilon":
+        log.warning(
+            "model.zero_terminal_snr on an epsilon-prediction base: at the last timestep the input is pure "
+            "noise and predicting that noise says nothing about the image; Lin et al. pair the rescaled "
+            "schedule with v prediction. Training goes on (min-SNR and debiased weights stay finite)"
+        )
 
 
 def check_options(config) -> None:
