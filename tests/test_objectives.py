@@ -188,6 +188,16 @@ def test_objective_values_that_cannot_work_are_refused(value, capsys):
     assert fails(args, capsys).startswith(f"error: {BAD[value]}")
 
 
+def test_a_range_beyond_a_local_bases_schedule_is_refused_before_loading(tmp_path, tiny_sd15, capsys):
+    logs = tmp_path / "logs"
+    args = ["fit", "--config", "configs/demo.yaml", "--model.base_model", str(tiny_sd15), "--model.family", "sd15",
+            "--model.timestep_max=1001", "--trainer.logger.init_args.save_dir", str(logs)]  # fmt: skip
+    assert (
+        fails(args, capsys) == "error: model.timestep_max 1001 is beyond the base's 1000 training timesteps"
+    )
+    assert not logs.exists()
+
+
 def test_the_bases_schedule_bounds_the_range_and_an_epsilon_base_is_warned(caplog):
     h = AttributeDict(timestep_min=0, timestep_max=1001, zero_terminal_snr=False)
     with pytest.raises(ValueError, match="timestep_max 1001 is beyond the base's 1000 training timesteps"):

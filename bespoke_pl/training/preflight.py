@@ -39,6 +39,17 @@ def vae_scale_factor(base_model: str) -> int:
     return DEFAULT_VAE_FACTOR
 
 
+def schedule_length(base_model: str) -> int | None:
+    """The base's ``num_train_timesteps`` where it is on disk as a diffusers folder (tiny bases: SD's 1000);
+    None where only loading it would tell (a hub id, a single file)."""
+    if base_model.startswith("tiny:"):
+        return 1000
+    config = Path(resolve_spec(base_model)).expanduser() / "scheduler" / "scheduler_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("num_train_timesteps", 1000))
+    return None
+
+
 def check_pixel_grid(resolution: int, pixel_scale: int, factor: int = DEFAULT_VAE_FACTOR) -> None:
     """Refuse an upscaled side that the VAE cannot encode whole."""
     side = resolution * pixel_scale
@@ -170,6 +181,11 @@ def check_options(config) -> None:
             )
         if sample.sample_at_start and not sample.every_n_epochs:
             problems.append("sample.sample_at_start is set but sample.every_n_epochs 0 turns sampling off")
+    steps = schedule_length(model.base_model) if model.timestep_max else None
+    if steps is not None and model.timestep_max > steps:
+        problems.append(
+            f"model.timestep_max {model.timestep_max} is beyond the base's {steps} training timesteps"
+        )
     save_lora = config.get("save_lora")
     if save_lora is not None and save_lora.every_n_epochs < 1:
         problems.append("save_lora.every_n_epochs must be >= 1 (the last epoch is always saved)")
