@@ -179,6 +179,8 @@ BAD = {
     "--model.huber_c=0": "model.huber_c must be > 0, got 0.0",
     "--model.ip_noise_gamma=-0.1": "model.ip_noise_gamma must be >= 0 (0: off), got -0.1",
     "--model.logit_std=0": "model.logit_std must be > 0, got 0.0",
+    "--model.huber_c=0.3": "model.huber_c / huber_schedule only apply with model.loss_type huber or smooth_l1, not l2",
+    "--model.logit_mean=1": "model.logit_mean / logit_std only apply with model.timestep_sampling: logit_normal",
 }
 
 

@@ -2,7 +2,8 @@
 
 What is refused, and why:
 - options that do nothing in the combination given (``text_encoder_lr`` with frozen text encoders,
-  ``keep_tokens`` without ``shuffle_captions``, ``conv_alpha`` without ``conv_rank``) or that contradict
+  ``keep_tokens`` without ``shuffle_captions``, ``conv_alpha`` without ``conv_rank``, a Huber setting without
+  a Huber loss, ``logit_mean`` / ``logit_std`` without ``logit_normal``) or that contradict
   each other (``sample.every_n_epochs`` beyond ``trainer.max_epochs``: no sample would ever be made);
 - a ``pixel_scale`` whose image side ``resolution * pixel_scale`` is not a multiple of the VAE's factor
   (8 for SD 1.5 and SDXL): the encoder would drop the last pixels and sampling at that size fails. The
@@ -171,6 +172,14 @@ def check_options(config) -> None:
         problems.append("data.keep_tokens only applies with data.shuffle_captions: true")
     if model.conv_alpha is not None and model.conv_rank is None:
         problems.append("model.conv_alpha is set but model.conv_rank is not (no convolution LoRA)")
+    if model.loss_type not in ("huber", "smooth_l1") and (
+        model.huber_c != 0.1 or model.huber_schedule != "snr"
+    ):
+        problems.append(
+            f"model.huber_c / huber_schedule only apply with model.loss_type huber or smooth_l1, not {model.loss_type}"
+        )
+    if model.timestep_sampling != "logit_normal" and (model.logit_mean != 0.0 or model.logit_std != 1.0):
+        problems.append("model.logit_mean / logit_std only apply with model.timestep_sampling: logit_normal")
     sample = config.get("sample")
     if sample is not None:
         max_epochs = trainer.max_epochs
