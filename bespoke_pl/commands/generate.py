@@ -24,6 +24,7 @@ from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.base import detect_family, load_base, resolve_spec
 from bespoke_pl.diffusion.conditioning import encode_prompts
 from bespoke_pl.diffusion.devices import weight_dtype_for
+from bespoke_pl.diffusion.objective import zero_terminal_snr_config
 from bespoke_pl.diffusion.sampling import Sampler, build_pipeline, generate
 from bespoke_pl.errors import ConfigError
 from bespoke_pl.lora.loading import apply_lora, check_family, read_lora_file
@@ -138,7 +139,10 @@ def generate_images(
     unet = base.unet.to(target, dtype)
     encoders = [encoder.to(target, dtype) for encoder in base.text_encoders]
     vae = base.vae.to(target, torch.float32)
-    pipe = build_pipeline(base.family, unet, vae, base.tokenizers, encoders, base.scheduler_config, sampler)
+    schedule = base.scheduler_config
+    if recorded.zero_terminal_snr:  # trained on the zero-terminal-SNR schedule (its header says so)
+        schedule = zero_terminal_snr_config(schedule)
+    pipe = build_pipeline(base.family, unet, vae, base.tokenizers, encoders, schedule, sampler)
 
     def encode(captions: list[str]):
         return encode_prompts(captions, base.tokenizers, encoders, clip_skip)

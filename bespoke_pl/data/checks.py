@@ -12,8 +12,10 @@ Decisions, and why:
 - Grayscale images are accepted with a warning: grey maps to RGB exactly, but one grey image in a colour
   set is more often a wrong export than a choice.
 - 16-bit images are errors: Pillow would cut them to 8 bits, changing colours without a word.
-- Transparency (alpha, or a palette/colour key that some pixel really uses) needs ``background``; blending
-  semi-transparent pixels onto it makes colours the art did not have, which is a warning.
+- Transparency (alpha, or a palette/colour key that some pixel really uses) needs ``background`` or
+  ``alpha_mask``; blending semi-transparent pixels onto the background makes colours the art did not have,
+  which is a warning. With ``alpha_mask`` the alpha is kept (opaque images: all 255) to weight the loss,
+  and the art is composited on ``background``, or on black where it is unset.
 - Captions longer than the text encoder's 77 tokens are warnings naming the part that is cut.
 """
 
@@ -47,6 +49,7 @@ class FolderScan:
     report: DataReport
     paths: list[Path] = field(default_factory=list)
     images: list[np.ndarray] = field(default_factory=list)  # each (H, W, 3) uint8
+    alphas: list[np.ndarray] = field(default_factory=list)  # each (H, W) uint8; only with alpha_mask
     captions: list[str] = field(default_factory=list)
 
 
@@ -105,8 +108,11 @@ def composite(
     return ((rgba[..., :3] * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def _check_image(path: Path, resolution: int, background, report: DataReport) -> np.ndarray | None:
-    """Decode one PNG to RGB uint8 (H, W, 3), or add the reasons it cannot be used and return None."""
+def _check_image(
+    path: Path, resolution: int, background, report: DataReport, alpha_mask: bool = False
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Decode one PNG to RGB uint8 (H, W, 3) and its alpha (H, W) (None: opaque), or add the reasons it
+    cannot be used and return None."""
     name = path.name
     try:
         depth = png_bit_depth(path)
@@ -139,19 +145,24 @@ def _check_image(path: Path, resolution: int, background, report: DataReport) ->
                 return None
             alpha = alpha_of(image)
             if alpha is not None and alpha.min() < 255:
-                if background is None:
-                    report.add("error", "transparent but no `background` colour is set", name)
+                if background is None and not alpha_mask:
+                    report.add(
+                        "error", "transparent but no `background` colour is set (or set `alpha_mask`)", name
+                    )
                     return None
                 partial = int(((alpha > 0) & (alpha < 255)).sum())
                 if partial:
+                    onto = (
+                        "`background`" if background is not None else "black (`alpha_mask`, no `background`)"
+                    )
                     report.add(
                         "warning",
-                        "semi-transparent pixels blended with `background` into new colours",
+                        f"semi-transparent pixels blended with {onto} into new colours",
                         f"{name} ({partial} px)",
                     )
             if image.mode in ("1", "L", "LA") or (image.mode == "P" and _palette_is_grey(image)):
                 report.add("warning", "grayscale, trained as grey RGB", f"{name} ({image.mode})")
-            return composite(image, alpha, background)
+            return composite(image, alpha, background or (0, 0, 0)), alpha
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         report.add("error", "unreadable image", f"{name} ({error})")
         return None
@@ -201,6 +212,7 @@ def scan_folder(
     background: tuple[int, int, int] | None = None,
     default_caption: str | None = None,
     tokenizer=None,
+    alpha_mask: bool = False,
 ) -> FolderScan:
     """Check every file of a training folder and decode the usable image-caption pairs.
 
@@ -211,6 +223,8 @@ def scan_folder(
         background: RGB composited under transparent pixels; unset: transparency is an error.
         default_caption: Caption for images without one; unset: a missing or empty caption is an error.
         tokenizer: The base model's CLIP tokenizer for caption lengths; unset: an estimate.
+        alpha_mask: Accept transparency without a background (composited on black) and keep each
+            image's alpha in ``alphas``.
     """
     folder = Path(root).expanduser()
     report = DataReport(folder)
@@ -267,7 +281,8 @@ def scan_folder(
     for path in pngs:
         if len(stems[path.stem]) > 1:
             continue
-        pixels = _check_image(path, resolution, background, report)
+        decoded = _check_image(path, resolution, background, report, alpha_mask)
+        pixels, alpha = decoded if decoded is not None else (None, None)
         found = captions.get(path.stem, [])
         expected = path.stem + caption_extension
         caption = _read_caption(found[0] if len(found) == 1 else None, expected, default_caption, report)
@@ -285,6 +300,8 @@ def scan_folder(
             )
         scan.paths.append(path)
         scan.images.append(pixels)
+        if alpha_mask:
+            scan.alphas.append(alpha if alpha is not None else np.full(pixels.shape[:2], 255, np.uint8))
         scan.captions.append(caption)
         report.colours.append(len(np.unique(pixels.reshape(-1, 3), axis=0)))
         report.caption_tokens.append(tokens)

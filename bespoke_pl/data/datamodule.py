@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PixelPairs:
-    """The whole data set in memory: images (N, 3, H, W) uint8 and one caption per image."""
+    """The whole data set in memory: images (N, 3, H, W) uint8 and one caption per image; with
+    ``alpha_mask``, each image's alpha (N, 1, H, W) uint8 (255: opaque), else None."""
 
     paths: list[Path]
     images: torch.Tensor
     captions: list[str]
+    alphas: torch.Tensor | None = None
 
     @functools.cached_property
     def palette(self) -> torch.Tensor:
@@ -44,8 +46,12 @@ class PixelPairs:
 
     def subset(self, indices: list[int]) -> PixelPairs:
         """The pairs at ``indices``, in that order."""
+        alphas = self.alphas[indices] if self.alphas is not None else None
         return PixelPairs(
-            [self.paths[i] for i in indices], self.images[indices], [self.captions[i] for i in indices]
+            [self.paths[i] for i in indices],
+            self.images[indices],
+            [self.captions[i] for i in indices],
+            alphas,
         )
 
 
@@ -104,6 +110,7 @@ def load_pairs(
     background: str | None = None,
     default_caption: str | None = None,
     tokenizer=None,
+    alpha_mask: bool = False,
 ) -> PixelPairs:
     """Read every ``*.png`` in ``root`` with its same-stem caption, refusing anything not strictly usable.
 
@@ -112,15 +119,17 @@ def load_pairs(
 
     Args:
         tokenizer: The base model's CLIP tokenizer to measure captions with; unset: an estimate.
+        alpha_mask: Keep each image's alpha for the loss mask; transparency needs no ``background`` then.
     """
     bg = parse_colour(background) if background else None
-    scan = scan_folder(root, resolution, caption_extension, bg, default_caption, tokenizer)
+    scan = scan_folder(root, resolution, caption_extension, bg, default_caption, tokenizer, alpha_mask)
     if scan.report.errors:
         raise DatasetError(scan.report.format())
     for finding in scan.report.warnings:
         log.warning("%s: %s", finding.problem, finding.item)
     stacked = torch.from_numpy(np.stack(scan.images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-    return PixelPairs(paths=scan.paths, images=stacked, captions=scan.captions)
+    alphas = torch.from_numpy(np.stack(scan.alphas))[:, None] if alpha_mask else None  # (N, 1, H, W)
+    return PixelPairs(paths=scan.paths, images=stacked, captions=scan.captions, alphas=alphas)
 
 
 def training_pairs(trainer) -> PixelPairs | None:
@@ -137,7 +146,8 @@ def shuffle_caption(caption: str, keep_tokens: int, generator: torch.Generator) 
 
 
 class PixelPairDataset(Dataset):
-    """Index -> {"pixels": uint8 (3, H, W), "caption": str, "index": int}, with the caption options."""
+    """Index -> {"pixels": uint8 (3, H, W), "caption": str, "index": int}, with the caption options; with
+    the pairs' alphas also "alpha": uint8 (1, H, W)."""
 
     def __init__(
         self,
@@ -174,7 +184,10 @@ class PixelPairDataset(Dataset):
                 caption = shuffle_caption(caption, self.keep_tokens, generator)
             if self.caption_dropout and torch.rand((), generator=generator).item() < self.caption_dropout:
                 caption = ""
-        return {"pixels": self.pairs.images[index], "caption": caption, "index": index}
+        item = {"pixels": self.pairs.images[index], "caption": caption, "index": index}
+        if self.pairs.alphas is not None:
+            item["alpha"] = self.pairs.alphas[index]
+        return item
 
 
 class PixelArtDataModule(L.LightningDataModule):
@@ -186,7 +199,9 @@ class PixelArtDataModule(L.LightningDataModule):
         resolution: The only accepted image size (square); any other size is refused, never resampled.
         caption_extension: Extension of the caption file next to each image.
         background: Colour (``#rrggbb`` or ``r,g,b``) composited under transparent pixels; images with
-            transparency are refused while this is unset.
+            transparency are refused while this and ``alpha_mask`` are unset.
+        alpha_mask: Accept transparency and weight the loss by the alpha (per latent cell); composited on
+            ``background``, or black where it is unset.
         default_caption: Caption used for images whose caption file is missing or empty; unset refuses them.
         num_repeats: How many times each image appears per epoch (kohya's ``num_repeats``).
         batch_size: Images per optimizer step and device.
@@ -209,6 +224,7 @@ class PixelArtDataModule(L.LightningDataModule):
         resolution: int = 24,
         caption_extension: str = ".txt",
         background: str | None = None,
+        alpha_mask: bool = False,
         default_caption: str | None = None,
         num_repeats: int = 1,
         batch_size: int = 4,
@@ -257,7 +273,14 @@ class PixelArtDataModule(L.LightningDataModule):
             h = self.hparams
             if tokenizer is None and h.tokenizer_from:
                 tokenizer = caption_tokenizer(h.tokenizer_from)
-            rules = (h.resolution, h.caption_extension, h.background, h.default_caption, tokenizer)
+            rules = (
+                h.resolution,
+                h.caption_extension,
+                h.background,
+                h.default_caption,
+                tokenizer,
+                h.alpha_mask,
+            )
             pairs = load_pairs(self.root_path, *rules)
             log.info("loaded %d image-caption pairs from %s", len(pairs.captions), self.root_path)
             if h.val_root:

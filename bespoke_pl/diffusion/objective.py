@@ -1,15 +1,37 @@
 """The diffusion training objective in plain torch: timesteps, noising, targets and loss weighting.
 
 The schedule comes from the base model's scheduler config (``alphas_cumprod`` of its DDPM betas), so a
-model trained with epsilon or v prediction is trained with its own target.
+model trained with epsilon or v prediction is trained with its own target. A config with diffusers'
+``rescale_betas_zero_snr`` gets the zero-terminal-SNR schedule (Lin et al. 2023, "Common Diffusion Noise
+Schedules and Sample Steps are Flawed", Algorithm 1), as diffusers' samplers do with the same config.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from bespoke_pl.diffusion.losses import elementwise_loss
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What makes a diffusers scheduler config zero terminal SNR: the rescaled betas, and "trailing" spacing so
+# sampling starts at the last timestep, the one of pure noise (the paper's section 3.3).
+ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al.'s Algorithm 1: betas whose sqrt(alpha_bar) is shifted to end at 0 and scaled to start as
+    before, so the last timestep is pure noise (SNR 0) and the first keeps its SNR."""
+    root = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alphas_bar = root**2
+    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1 - alphas
+
+
+def zero_terminal_snr_config(config: dict) -> dict:
+    """A scheduler config with the zero-terminal-SNR schedule, for training and diffusers' samplers."""
+    return {**config, **ZERO_TERMINAL_SNR}
 
 
 def alphas_cumprod_from_config(config: dict) -> torch.Tensor:
@@ -23,6 +45,8 @@ def alphas_cumprod_from_config(config: dict) -> torch.Tensor:
         betas = torch.linspace(start, end, steps, dtype=torch.float64)
     else:
         raise ValueError(f"beta_schedule {schedule!r} is not supported (scaled_linear, linear)")
+    if config.get("rescale_betas_zero_snr"):
+        betas = rescale_zero_terminal_snr(betas)
     return torch.cumprod(1.0 - betas, dim=0).float()
 
 
@@ -43,6 +67,19 @@ def make_noise(latents: torch.Tensor, noise_offset: float = 0.0, generator=None)
         offset = torch.randn((b, c, 1, 1), generator=generator, device=latents.device, dtype=latents.dtype)
         noise = noise + noise_offset * offset
     return noise
+
+
+def perturb_noise(noise: torch.Tensor, gamma: float, generator=None) -> torch.Tensor:
+    """Input perturbation (Ning et al. 2023, "Input Perturbation Reduces Exposure Bias in Diffusion Models"):
+    ``eps + gamma * xi`` with fresh ``xi ~ N(0, I)``, for the noisy input only; the target keeps ``eps``.
+
+    At sampling the model meets inputs made from its own imperfect predictions, never exactly
+    ``sqrt(a) x_0 + sqrt(1 - a) eps``; training on slightly perturbed inputs closes that gap.
+    """
+    if not gamma:
+        return noise
+    fresh = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
+    return noise + gamma * fresh
 
 
 def _per_sample(values: torch.Tensor, timesteps: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -84,21 +121,35 @@ def min_snr_weights(
 ) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023) per sample (B,).
 
-    For epsilon prediction the weight is min(SNR, gamma) / SNR; for v prediction the v loss already carries
+    For epsilon prediction the weight is min(SNR, gamma) / SNR, written min(1, gamma / SNR) so that it is 1,
+    its limit, at SNR 0 (zero terminal SNR) instead of 0 / 0; for v prediction the v loss already carries
     a factor SNR + 1, so it is min(SNR, gamma) / (SNR + 1).
     """
     ratio = snr(timesteps, alphas_cumprod)
-    clipped = ratio.clamp(max=gamma)
-    return clipped / (ratio + 1) if prediction_type == "v_prediction" else clipped / ratio
+    if prediction_type == "v_prediction":
+        return ratio.clamp(max=gamma) / (ratio + 1)
+    return (gamma / ratio).clamp(max=1.0)
 
 
 def diffusion_loss(
-    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    loss_type: str = "l2",
+    huber_c: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error per sample, optionally weighted, averaged over the batch (in float32)."""
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
-        dim=tuple(range(1, prediction.ndim))
-    )
+    """The loss per sample (MSE unless ``loss_type`` says otherwise, see :mod:`~bespoke_pl.diffusion.losses`),
+    optionally weighted, averaged over the batch (in float32).
+
+    ``mask`` (B, 1, h, w) weights each latent cell before the mean over all cells, as kohya's masked loss
+    does: a half-transparent sprite's loss is about half an opaque one's, and a fully transparent region
+    adds nothing.
+    """
+    elements = elementwise_loss(prediction, target, loss_type, huber_c)
+    if mask is not None:
+        elements = elements * mask.to(elements)
+    per_sample = elements.mean(dim=tuple(range(1, prediction.ndim)))
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()

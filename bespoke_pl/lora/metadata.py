@@ -47,6 +47,26 @@ def optimizer_description(optimizer) -> str:
     return f"{cls.__module__}.{cls.__qualname__}({','.join(settings)})"
 
 
+def objective_metadata(h, alphas_cumprod=None) -> dict:
+    """The objective options under kohya's ``ss_*`` names (those of its SD3 / flux scripts for the timestep
+    density and shift), and ours for the timestep range, which kohya does not record."""
+    steps = len(alphas_cumprod) if alphas_cumprod is not None else None
+    return {
+        "ss_loss_type": h.get("loss_type", "l2"),
+        "ss_huber_schedule": h.get("huber_schedule", "snr"),
+        "ss_huber_c": h.get("huber_c", 0.1),
+        "ss_debiased_estimation": bool(h.get("debiased_estimation", False)),
+        "ss_ip_noise_gamma": h.get("ip_noise_gamma", 0.0),
+        "ss_zero_terminal_snr": bool(h.get("zero_terminal_snr", False)),
+        "ss_timestep_sampling": h.get("timestep_sampling", "uniform"),
+        "ss_logit_mean": h.get("logit_mean", 0.0),
+        "ss_logit_std": h.get("logit_std", 1.0),
+        "ss_discrete_flow_shift": h.get("timestep_shift", 1.0),
+        "bespoke_pl.timestep_min": h.get("timestep_min", 0),
+        "bespoke_pl.timestep_max": h.get("timestep_max") or steps,
+    }
+
+
 def _learning_rates(trainer: L.Trainer) -> dict[str, float]:
     if not trainer.optimizers:
         return {}
@@ -149,6 +169,7 @@ def training_metadata(
         "ss_caption_dropout_rate": data.get("caption_dropout", 0.0),
         "ss_noise_offset": h.noise_offset,
         "ss_min_snr_gamma": h.min_snr_gamma,
+        **objective_metadata(h, getattr(module, "alphas_cumprod", None)),
         "ss_dataset_dirs": json.dumps({folder: {"n_repeats": repeats, "img_count": num_images}}),
         "ss_tag_frequency": json.dumps({folder: tag_frequency(pairs.captions) if pairs else {}}),
         "modelspec.sai_model_spec": "1.0.1",
@@ -171,6 +192,7 @@ def training_metadata(
         "bespoke_pl.clip_skip": h.clip_skip,
         "bespoke_pl.palette": json.dumps(palette_to_hex(pairs.palette) if pairs else []),
         "bespoke_pl.hparams": json.dumps(dict(h), default=str),
+        "bespoke_pl.alpha_mask": bool(data.get("alpha_mask", False)),  # kohya records no masked-loss key
     }
     # safetensors headers hold strings only; kohya writes unset values as "None" too.
     return {k: str(v) for k, v in metadata.items()}
@@ -185,6 +207,7 @@ class RecordedSettings:
     clip_skip: int | None = None
     resolution: int | None = None
     palette: list[str] | None = None
+    zero_terminal_snr: bool = False
 
 
 def _int(value: str | None) -> int | None:
@@ -206,4 +229,6 @@ def recorded_settings(metadata: dict[str, str]) -> RecordedSettings:
         clip_skip=clip_skip,
         resolution=_int(metadata.get("bespoke_pl.resolution")),
         palette=json.loads(palette) if palette else None,
+        # kohya's key, so a kohya file trained with --zero_terminal_snr samples with its schedule too
+        zero_terminal_snr=metadata.get("ss_zero_terminal_snr") == "True",
     )

@@ -54,13 +54,23 @@ class LatentCache:
 
     Args:
         latents: The latents, on the device they will be read on.
+        masks: Loss weights (N, 1, 3k, 3k) of the latent cells (``data.alpha_mask``), same device and
+            index; unset: no mask. Kept in memory only: they come from the alpha in microseconds, and a disk
+            entry is keyed by the composited pixels, which two different alphas can share.
     """
 
-    def __init__(self, latents: torch.Tensor) -> None:
+    def __init__(self, latents: torch.Tensor, masks: torch.Tensor | None = None) -> None:
+        if masks is not None and (len(masks) != len(latents) or masks.shape[-2:] != latents.shape[-2:]):
+            raise ValueError(f"masks {tuple(masks.shape)} do not match the latents {tuple(latents.shape)}")
         self.latents = latents
+        self.masks = masks
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         return self.latents[index.to(self.latents.device)]
+
+    def mask(self, index: torch.Tensor) -> torch.Tensor | None:
+        """The loss masks of these images (B, 1, h, w), or None when the cache holds none."""
+        return None if self.masks is None else self.masks[index.to(self.masks.device)]
 
     @classmethod
     @torch.no_grad()

@@ -16,16 +16,25 @@ from bespoke_pl.callbacks.safe_stop import SafeStop
 from bespoke_pl.diffusion.base import BaseModel, load_base
 from bespoke_pl.diffusion.conditioning import PromptEmbeds, encode_prompts, predict_noise
 from bespoke_pl.diffusion.devices import weight_dtype_for
+from bespoke_pl.diffusion.losses import (
+    HuberSchedule,
+    LossType,
+    debiased_weights,
+    huber_threshold,
+    latent_mask,
+)
 from bespoke_pl.diffusion.objective import (
     add_noise,
     alphas_cumprod_from_config,
     diffusion_loss,
     make_noise,
     min_snr_weights,
-    sample_timesteps,
+    perturb_noise,
     training_target,
+    zero_terminal_snr_config,
 )
 from bespoke_pl.diffusion.sampling import build_pipeline, generate
+from bespoke_pl.diffusion.timesteps import TimestepSampling, sample_training_timesteps
 from bespoke_pl.lora.inject import (
     add_lora,
     add_text_encoder_lora,
@@ -37,6 +46,7 @@ from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
+from bespoke_pl.training.preflight import check_objective
 from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
 from bespoke_pl.training.validation import (
     SPLITS,
@@ -80,6 +90,19 @@ class PixelLoRAModule(L.LightningModule):
         text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
         noise_offset: Per-channel constant added to the training noise (0 disables).
         min_snr_gamma: Min-SNR loss weighting gamma (5 is usual); unset: plain MSE.
+        loss_type: ``l2`` (MSE), ``l1``, ``huber`` (pseudo-Huber) or ``smooth_l1``, as kohya's.
+        huber_schedule: Huber threshold over the timesteps (kohya's): ``constant``, ``exponential``, ``snr``.
+        huber_c: The Huber threshold (under a schedule: its value at pure noise), > 0.
+        debiased_estimation: Weight the loss by 1 / sqrt(SNR) (v prediction: 1 / (SNR + 1)), as kohya.
+        ip_noise_gamma: Input perturbation: noisy input from noise + gamma * fresh noise (0.1 usual; 0: off).
+        timestep_sampling: ``uniform``, or ``logit_normal`` (SD3's: the middle timesteps more often).
+        timestep_min: First timestep that may be drawn (kohya's ``min_timestep``).
+        timestep_max: One past the last that may be drawn (kohya's ``max_timestep``); unset: the base's T.
+        timestep_shift: SD3 shift ``s t / (1 + (s - 1) t)`` of the drawn timesteps; > 1: noisier; 1: none.
+        logit_mean: Mean of ``logit_normal``'s normal; > 0 draws noisier timesteps.
+        logit_std: Standard deviation of ``logit_normal``'s normal, > 0.
+        zero_terminal_snr: Rescale the schedule to SNR 0 at its end (Lin et al. 2023) for training, samples
+            and ``generate``; meant for v-prediction bases (an epsilon base is warned).
         weight_dtype: Dtype of the frozen UNet/text encoders; ``auto`` is bf16 (fp16) on CUDA, fp32 elsewhere.
             The VAE always runs in float32 (SDXL's VAE overflows in fp16).
         optimizer: Optimizer for the LoRA parameters (LightningCLI ``class_path`` + ``init_args``).
@@ -126,6 +149,18 @@ class PixelLoRAModule(L.LightningModule):
         text_encoder_lr: float | None = None,
         noise_offset: float = 0.0,
         min_snr_gamma: float | None = None,
+        loss_type: LossType = "l2",
+        huber_schedule: HuberSchedule = "snr",
+        huber_c: float = 0.1,
+        debiased_estimation: bool = False,
+        ip_noise_gamma: float = 0.0,
+        timestep_sampling: TimestepSampling = "uniform",
+        timestep_min: int = 0,
+        timestep_max: int | None = None,
+        timestep_shift: float = 1.0,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        zero_terminal_snr: bool = False,
         weight_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["constant", "cosine", "linear"] = "constant",
@@ -170,9 +205,12 @@ class PixelLoRAModule(L.LightningModule):
         """Take a loaded base model, add LoRA and place the frozen parts in their dtypes."""
         h = self.hparams
         self.family, self.tokenizers = base.family, base.tokenizers
-        self.scheduler_config = base.scheduler_config
-        self.prediction_type = base.scheduler_config.get("prediction_type", "epsilon")
-        self.register_buffer("alphas_cumprod", alphas_cumprod_from_config(base.scheduler_config), False)
+        # One schedule for training and sampling: with zero_terminal_snr both use the rescaled betas.
+        config = base.scheduler_config
+        self.scheduler_config = zero_terminal_snr_config(config) if h.zero_terminal_snr else config
+        self.prediction_type = config.get("prediction_type", "epsilon")
+        self.register_buffer("alphas_cumprod", alphas_cumprod_from_config(self.scheduler_config), False)
+        check_objective(h, self.prediction_type, len(self.alphas_cumprod))
         self.vae = base.vae.float()
         # configure_model runs before the strategy moves the module, so ask the strategy for the device.
         device = self._trainer.strategy.root_device if self._trainer is not None else self.device
@@ -277,23 +315,43 @@ class PixelLoRAModule(L.LightningModule):
         embeds: PromptEmbeds,
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The diffusion loss of latents (B, 4, h, w); random timesteps and noise unless given.
 
         Validation gives both (fixed per image, so every epoch's loss is measured on the same problems);
-        then nothing random is added.
+        then nothing random is added (no input perturbation); the loss type and weighting still apply.
+        ``mask`` (B, 1, h, w) weights the latent cells (``data.alpha_mask``, see :meth:`loss_mask`).
         """
         h = self.hparams
+        drawn = timesteps is None and noise is None
         if noise is None:
             noise = make_noise(latents, h.noise_offset)
         if timesteps is None:
-            timesteps = sample_timesteps(latents.shape[0], len(self.alphas_cumprod), device=latents.device)
-        noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
+            timesteps = sample_training_timesteps(
+                latents.shape[0], len(self.alphas_cumprod), h.timestep_sampling, h.timestep_min,
+                h.timestep_max, h.timestep_shift, h.logit_mean, h.logit_std, device=latents.device,
+            )  # fmt: skip
+        # The perturbation is part of a training draw; given timesteps and noise are used as they are.
+        noisy_input = perturb_noise(noise, h.ip_noise_gamma) if drawn else noise
+        noisy = add_noise(latents, noisy_input, timesteps, self.alphas_cumprod)
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
-        weights = None
-        if h.min_snr_gamma:
-            weights = min_snr_weights(timesteps, self.alphas_cumprod, h.min_snr_gamma, self.prediction_type)
-        return diffusion_loss(self.predict(noisy, timesteps, embeds), target, weights)
+        a, kind = self.alphas_cumprod, self.prediction_type
+        weights = min_snr_weights(timesteps, a, h.min_snr_gamma, kind) if h.min_snr_gamma else None
+        if h.debiased_estimation:
+            debiased = debiased_weights(timesteps, a, kind)
+            weights = debiased if weights is None else weights * debiased
+        huber_c = None
+        if h.loss_type in ("huber", "smooth_l1"):
+            huber_c = huber_threshold(timesteps, a, h.huber_c, h.huber_schedule)
+        prediction = self.predict(noisy, timesteps, embeds)
+        return diffusion_loss(prediction, target, weights, h.loss_type, huber_c, mask)
+
+    def loss_mask(self, alpha: torch.Tensor | None, latent_size: tuple[int, int]) -> torch.Tensor | None:
+        """Per-latent-cell loss weights (B, 1, h, w) from the art's alpha uint8 (B, 1, H, W); None: unmasked."""
+        if alpha is None:
+            return None
+        return latent_mask(alpha.to(self.device), self.hparams.pixel_scale, latent_size)
 
     def on_fit_start(self) -> None:
         # Validation latents first: build_caches may move the VAE off the accelerator afterwards.
@@ -306,7 +364,11 @@ class PixelLoRAModule(L.LightningModule):
         index = batch["index"]
         latents = self.latent_cache[index] if self.latent_cache else self.encode_images(batch["pixels"])
         embeds = self.text_cache[index] if self.text_cache else self.encode_text(list(batch["caption"]))
-        return self.compute_loss(latents, embeds)
+        if self.latent_cache and self.latent_cache.masks is not None:
+            mask = self.latent_cache.mask(index)
+        else:
+            mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
+        return self.compute_loss(latents, embeds, mask=mask)
 
     def configure_callbacks(self) -> list[L.Callback]:
         # What every run of this module needs, also when a Trainer is built in Python without the CLI:
@@ -359,7 +421,12 @@ class PixelLoRAModule(L.LightningModule):
             latents, embeds = self.encode_images(batch["pixels"]), self.encode_text(list(batch["caption"]))
         timesteps = fixed_timesteps(self.hparams.validation_timesteps, len(self.alphas_cumprod))
         seed = self.hparams.validation_seed + dataloader_idx  # the subset's noise is not the held-out's
-        total = batch_loss_sum(self.compute_loss, latents, embeds, index, timesteps, seed)
+        mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
+
+        def loss(latents, embeds, timesteps, noise):
+            return self.compute_loss(latents, embeds, timesteps, noise, mask=mask)
+
+        total = batch_loss_sum(loss, latents, embeds, index, timesteps, seed)
         self.val_sums.add(SPLITS[dataloader_idx], total, len(index))
 
     def on_validation_epoch_end(self) -> None:

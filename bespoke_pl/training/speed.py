@@ -59,7 +59,10 @@ def build_caches(module, datamodule) -> None:
             cache = LatentCache.build(
                 pairs.images, module.encode_images, cache_dir=h.latent_cache_dir, key_extra=key
             )
-            module.latent_cache = LatentCache(cache.latents.to(module.device))
+            latents = cache.latents.to(module.device)
+            alphas = getattr(pairs, "alphas", None)  # data.alpha_mask: the loss mask rides with the latents
+            masks = module.loss_mask(alphas, latents.shape[-2:]) if alphas is not None else None
+            module.latent_cache = LatentCache(latents, masks)
     if h.cache_text:
         refusal = text_cache_refusal(
             h.train_text_encoder, train_set.caption_dropout, train_set.shuffle_captions
