@@ -80,6 +80,8 @@ def training_metadata(
     network_args = {}
     if h.conv_rank:
         network_args = {"conv_dim": str(h.conv_rank), "conv_alpha": str(float(h.conv_alpha or h.conv_rank))}
+    if h.get("loraplus_lr_ratio") is not None:  # kohya's network_args key, for the UNet and text encoders
+        network_args["loraplus_lr_ratio"] = str(float(h.loraplus_lr_ratio))
     prediction = "v" if getattr(module, "prediction_type", "epsilon") == "v_prediction" else "epsilon"
     metadata = {
         "ss_session_id": session_id,

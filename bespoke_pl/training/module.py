@@ -63,6 +63,9 @@ class PixelLoRAModule(L.LightningModule):
         use_dora: Weight-decomposed LoRA (DoRA) instead of plain LoRA.
         train_text_encoder: Also train LoRA on the text encoder(s) (both for SDXL).
         text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
+        loraplus_lr_ratio: LoRA+ (kohya's ``loraplus_lr_ratio``): the up matrices B train at this many times
+            the learning rate of their part (UNet, text encoders), in groups ``unet_plus`` / ``te_plus``;
+            the paper suggests 16. Unset: one rate for both matrices.
         noise_offset: Per-channel constant added to the training noise (0 disables).
         min_snr_gamma: Min-SNR loss weighting gamma (5 is usual); unset: plain MSE.
         weight_dtype: Dtype of the frozen UNet/text encoders; ``auto`` is bf16 (fp16) on CUDA, fp32 elsewhere.
@@ -104,6 +107,7 @@ class PixelLoRAModule(L.LightningModule):
         use_dora: bool = False,
         train_text_encoder: bool = False,
         text_encoder_lr: float | None = None,
+        loraplus_lr_ratio: float | None = None,
         noise_offset: float = 0.0,
         min_snr_gamma: float | None = None,
         weight_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",

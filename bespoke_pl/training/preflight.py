@@ -89,6 +89,11 @@ def value_problems(config) -> list[str]:
         problems.append(f"model.min_snr_gamma must be > 0 or null (off), got {model.min_snr_gamma}")
     if model.lr_warmup_steps < 0:
         problems.append(f"model.lr_warmup_steps must be >= 0, got {model.lr_warmup_steps}")
+    ratio = model.get("loraplus_lr_ratio")
+    if ratio is not None and (_bad_number(ratio) or ratio <= 0):
+        problems.append(
+            f"model.loraplus_lr_ratio must be > 0 or null (off; the paper suggests 16), got {ratio}"
+        )
     for name in ("batch_size", "num_repeats"):
         if getattr(data, name) < 1:
             problems.append(f"data.{name} must be >= 1, got {getattr(data, name)}")
