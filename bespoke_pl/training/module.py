@@ -37,6 +37,7 @@ from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
+from bespoke_pl.training.schedule_free import to_averaged_point, to_training_point
 from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
 
 log = logging.getLogger(__name__)
@@ -319,6 +320,16 @@ class PixelLoRAModule(L.LightningModule):
 
     def configure_optimizers(self):
         return lora_optimizer(self)
+
+    # Schedule-free optimizers (training/schedule_free.py): the weights at the training point y from a
+    # batch's start to its optimizer step, at the averaged point x for everything else that reads them.
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        to_training_point(self.optimizers(use_pl_optimizer=False))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: callbacks' hooks (checkpoints, LoRA files) run before the module's.
+        to_averaged_point(self.optimizers(use_pl_optimizer=False))
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
