@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bespoke_pl.diffusion.base import check_family, detect_family, resolve_spec
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.training.optimizer_choices import optimizer_problems
 
 DEFAULT_VAE_FACTOR = 8  # SD 1.5 and SDXL
 
@@ -94,6 +95,7 @@ def value_problems(config) -> list[str]:
         problems.append(
             f"model.loraplus_lr_ratio must be > 0 or null (off; the paper suggests 16), got {ratio}"
         )
+    problems += optimizer_problems(model, trainer)  # Prodigy, schedule-free and 8-bit optimizers' needs
     for name in ("batch_size", "num_repeats"):
         if getattr(data, name) < 1:
             problems.append(f"data.{name} must be >= 1, got {getattr(data, name)}")
