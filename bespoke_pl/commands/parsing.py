@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import yaml
 from jsonargparse import ArgumentParser, get_loader, set_loader
 
+from bespoke_pl.training.optimizer_choices import missing_package
+
 
 def one_line(message: str) -> str:
     """A parser message on one line, with ``<class 'int'>`` written ``int``."""
@@ -44,6 +46,12 @@ class OneLineErrors:
         # prog is PROG, "PROG <command>" or (fit's, from LightningCLI's subcommands) "PROG [options] fit"
         command = "" if parser.prog == PROG else parser.prog.split()[-1]
         help_command = " ".join(part for part in (PROG, command, "--help") if part)
+        missing = missing_package(
+            message
+        )  # a class_path whose package is not installed: say which to install
+        if missing is not None:
+            sys.stderr.write(f"error: {missing}\n")
+            self.exit(2)
         sys.stderr.write(f"error: {one_line(message)} (options: {help_command})\n")
         self.exit(2)
 

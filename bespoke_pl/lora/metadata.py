@@ -29,6 +29,9 @@ IMPLEMENTATIONS = {"sd15": "diffusers", "sdxl": "https://github.com/Stability-AI
 DEFAULT_CLIP_SKIP = {"sd15": 1, "sdxl": 2}
 # Optimizer defaults that describe an implementation, not a training choice.
 _IMPLEMENTATION_FLAGS = {"foreach", "fused", "capturable", "differentiable", "maximize", "lr"}
+# Running state that some optimizers keep among their defaults (at its initial value there): Prodigy's step
+# size estimate, schedule-free's step count, averaging weights and train/eval mode.
+_RUNNING_STATE = {"d", "d_max", "d_numerator", "k", "train_mode", "weight_sum", "lr_max", "scheduled_lr"}
 
 
 def tag_frequency(captions: list[str]) -> dict[str, int]:
@@ -42,7 +45,7 @@ def optimizer_description(optimizer) -> str:
     settings = [
         f"{k}={v}"
         for k, v in sorted(optimizer.defaults.items())
-        if k not in _IMPLEMENTATION_FLAGS and isinstance(v, int | float | str | tuple)
+        if k not in _IMPLEMENTATION_FLAGS | _RUNNING_STATE and isinstance(v, int | float | str | tuple)
     ]
     return f"{cls.__module__}.{cls.__qualname__}({','.join(settings)})"
 
@@ -123,6 +126,8 @@ def training_metadata(
     repeats = int(data.get("num_repeats", 1))
     rates = _learning_rates(trainer)
     network_module, network_args = network_record(h)
+    if h.get("loraplus_lr_ratio") is not None:  # kohya's network_args key, for the UNet and text encoders
+        network_args["loraplus_lr_ratio"] = str(float(h.loraplus_lr_ratio))
     prediction = "v" if getattr(module, "prediction_type", "epsilon") == "v_prediction" else "epsilon"
     metadata = {
         "ss_session_id": session_id,

@@ -47,6 +47,7 @@ from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
 from bespoke_pl.training.preflight import check_objective
+from bespoke_pl.training.schedule_free import to_averaged_point, to_training_point
 from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
 from bespoke_pl.training.validation import (
     SPLITS,
@@ -88,6 +89,9 @@ class PixelLoRAModule(L.LightningModule):
             size near its square root.
         train_text_encoder: Also train LoRA on the text encoder(s) (both for SDXL).
         text_encoder_lr: Learning rate of the text-encoder LoRA; unset: the optimizer's.
+        loraplus_lr_ratio: LoRA+ (kohya's ``loraplus_lr_ratio``): the up matrices B train at this many times
+            the learning rate of their part (UNet, text encoders), in groups ``unet_plus`` / ``te_plus``;
+            the paper suggests 16. Unset: one rate for both matrices.
         noise_offset: Per-channel constant added to the training noise (0 disables).
         min_snr_gamma: Min-SNR loss weighting gamma (5 is usual); unset: plain MSE.
         loss_type: ``l2`` (MSE), ``l1``, ``huber`` (pseudo-Huber) or ``smooth_l1``, as kohya's.
@@ -147,6 +151,7 @@ class PixelLoRAModule(L.LightningModule):
         lokr_factor: int = -1,
         train_text_encoder: bool = False,
         text_encoder_lr: float | None = None,
+        loraplus_lr_ratio: float | None = None,
         noise_offset: float = 0.0,
         min_snr_gamma: float | None = None,
         loss_type: LossType = "l2",
@@ -438,6 +443,16 @@ class PixelLoRAModule(L.LightningModule):
 
     def configure_optimizers(self):
         return lora_optimizer(self)
+
+    # Schedule-free optimizers (training/schedule_free.py): the weights at the training point y from a
+    # batch's start to its optimizer step, at the averaged point x for everything else that reads them.
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        to_training_point(self.optimizers(use_pl_optimizer=False))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: callbacks' hooks (checkpoints, LoRA files) run before the module's.
+        to_averaged_point(self.optimizers(use_pl_optimizer=False))
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:

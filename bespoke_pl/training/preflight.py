@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bespoke_pl.diffusion.base import check_family, detect_family, resolve_spec
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.training.optimizer_choices import optimizer_problems
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,12 @@ def value_problems(config) -> list[str]:
     problems += objective_problems(model)
     if model.lr_warmup_steps < 0:
         problems.append(f"model.lr_warmup_steps must be >= 0, got {model.lr_warmup_steps}")
+    ratio = model.get("loraplus_lr_ratio")
+    if ratio is not None and (_bad_number(ratio) or ratio <= 0):
+        problems.append(
+            f"model.loraplus_lr_ratio must be > 0 or null (off; the paper suggests 16), got {ratio}"
+        )
+    problems += optimizer_problems(model, trainer)  # Prodigy, schedule-free and 8-bit optimizers' needs
     for name in ("batch_size", "num_repeats"):
         if getattr(data, name) < 1:
             problems.append(f"data.{name} must be >= 1, got {getattr(data, name)}")
