@@ -143,8 +143,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_earlier_files(
 ):
     compute_loss = PixelLoRAModule.compute_loss
 
-    def nan_at_step_3(self, latents, embeds):
-        loss = compute_loss(self, latents, embeds)
+    def nan_at_step_3(self, latents, embeds, *args, **kwargs):
+        loss = compute_loss(self, latents, embeds, *args, **kwargs)
         return loss * float("nan") if self.global_step == 3 else loss
 
     monkeypatch.setattr(PixelLoRAModule, "compute_loss", nan_at_step_3)
@@ -177,9 +177,9 @@ def test_nonfinite_batches_can_be_skipped(tmp_path, tiny_sd15, demo_data, monkey
     calls = []
     compute_loss = PixelLoRAModule.compute_loss
 
-    def nan_twice(self, latents, embeds):
+    def nan_twice(self, latents, embeds, *args, **kwargs):
         calls.append(1)
-        loss = compute_loss(self, latents, embeds)
+        loss = compute_loss(self, latents, embeds, *args, **kwargs)
         return loss * float("inf") if len(calls) in (2, 3) else loss
 
     monkeypatch.setattr(PixelLoRAModule, "compute_loss", nan_twice)

@@ -69,9 +69,9 @@ def _text_conditioning_zeroed(monkeypatch):
 
     compute_loss = PixelLoRAModule.compute_loss
 
-    def zeroed(self, latents, embeds):
+    def zeroed(self, latents, embeds, *args, **kwargs):
         pooled = None if embeds.pooled is None else embeds.pooled * 0
-        return compute_loss(self, latents, PromptEmbeds(embeds.sequence * 0, pooled))
+        return compute_loss(self, latents, PromptEmbeds(embeds.sequence * 0, pooled), *args, **kwargs)
 
     monkeypatch.setattr(PixelLoRAModule, "compute_loss", zeroed)
 
