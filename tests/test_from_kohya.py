@@ -12,7 +12,7 @@ import yaml
 from failing import run
 from PIL import Image
 
-from bespoke_pl.commands.cli import main
+from bespoke_pl.commands.cli import BespokeCLI, main
 from bespoke_pl.commands.kohya.keys import KOHYA_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +46,40 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
-def convert(toml: Path, capsys, *extra: str) -> tuple[str, str, dict]:
-    """from-kohya TOML --out TOML.yaml, then fit --print_config of it: (YAML text, warnings, printed config)."""
+class Checked(Exception):
+    """fit got through parsing and its config check to building the model."""
+
+
+def fit_check(config: Path, capsys) -> str:
+    """fit --config CONFIG up to building the model (parsing, then the checks of before_instantiate_classes):
+    the stderr line of a refusal, or "" when fit accepts the config."""
+
+    def stop(self):
+        raise Checked
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BespokeCLI, "instantiate_classes", stop)
+        try:
+            main(["fit", "--config", str(config)])
+        except Checked:
+            return ""
+        except SystemExit:
+            return capsys.readouterr().err
+    raise AssertionError("fit returned without building the model")
+
+
+def convert(toml: Path, capsys, *extra: str, accepted: bool = True) -> tuple[str, str, dict]:
+    """from-kohya TOML --out TOML.yaml, then fit --print_config of it and fit's own checks (which must pass,
+    unless not ``accepted``): (YAML text, warnings, printed config)."""
     out = toml.with_suffix(".yaml")
     code, printed, err = run(["from-kohya", str(toml), "--out", str(out), *extra], capsys)
     assert code == 0, err
     assert f"wrote {out}" in printed and "Traceback" not in err
     code, config, err_fit = run(["fit", "--config", str(out), "--print_config"], capsys)
     assert code == 0, err_fit
+    if accepted:
+        refusal = fit_check(out, capsys)
+        assert not refusal, refusal
     return out.read_text(), err, yaml.safe_load(config)
 
 

@@ -194,7 +194,13 @@ def convert_length(args: KohyaArgs, conv: Conversion, data: DataFacts) -> int | 
             else "kohya default (no max_train_epochs or max_train_steps)"
         )
         conv.set("trainer.max_steps", steps, source)
-        conv.set("trainer.max_epochs", -1, source, "the step count alone ends the run, as in kohya")
+        # fit runs a whole number of epochs (one LoRA file each): enough for the steps, which end it
+        epochs = math.ceil(steps / per_epoch) if per_epoch else 1
+        why = (
+            f"{epochs} epochs of {per_epoch} optimizer steps hold kohya's {steps}; max_steps ends the run at "
+            f"step {steps}, as in kohya (with the last LoRA file)"
+        )
+        conv.set("trainer.max_epochs", epochs, source, why)
         total = steps
     norm = args.number("max_grad_norm")
     if norm is None:
