@@ -369,7 +369,7 @@ def test_kohyas_objective_options_carry_over(work, capsys, toml, expected, warne
 
 def test_validation_and_alpha_masks_carry_over(work, capsys):
     write_art(work / "more")
-    toml = write_toml(work / "kohya.toml", SD15 + """max_train_epochs = 4
+    toml = write_toml(work / "kohya.toml", SD15 + """max_train_steps = 50
 seed = 7
 alpha_mask = true
 masked_loss = true
@@ -383,6 +383,8 @@ max_validation_steps = 1
     # kohya holds out round(3 x 0.34) = 1 image, where a fraction here would round up to 2
     assert (data["val_split"], data["alpha_mask"], config["model"]["validation_seed"]) == (1, True, 7)
     assert (trainer["check_val_every_n_epoch"], trainer["limit_val_batches"]) == (2, 1)
+    # 50 steps are 3 epochs of the 2 training images x 10 repeats (kohya counts without the held-out one)
+    assert (trainer["max_steps"], trainer["max_epochs"]) == (50, 3)
     assert said("kohya holds out round(3 x 0.34) = 1 of the 3 images", text)
     assert said("masked_loss = true: the loss mask is the images' alpha", text)
     assert "validate_every_n_steps = 10: bespoke_pl measures val/loss once per epoch" in warnings

@@ -376,7 +376,7 @@ def convert_data(args: KohyaArgs, conv: Conversion, family: str) -> DataFacts:
     _refusals(layers, conv)
     _alpha_mask(layers, conv)
     images = len(list(folder.path.glob("*.png")))
-    convert_validation(args, conv, layers, images)
+    images -= convert_validation(args, conv, layers, images)  # kohya's steps count the training images
     for text in layers.overridden:
         conv.note("data", text)
     for key in layers.unused():

@@ -29,10 +29,15 @@ TIMESTEPS = (
 )
 
 
-def convert_validation(args: KohyaArgs, conv: Conversion, layers, images: int) -> None:
+def convert_validation(args: KohyaArgs, conv: Conversion, layers, images: int) -> int:
     """The held-out split and its seed (from the TOML or the dataset config: ``layers``, the most specific
-    place winning) and how often validation runs; ``images``: how many the training folder holds."""
-    on = _split(conv, layers, images)
+    place winning) and how often validation runs; ``images``: how many the training folder holds.
+
+    Returns:
+        How many of them are held out (kohya trains on the rest, and counts its steps with them).
+    """
+    held = _split(conv, layers, images)
+    on = held is not None
     seed, seed_source = layers.number("validation_seed", int)
     run_seed = args.number("seed", int)
     if on and seed is not None:
@@ -46,7 +51,7 @@ def convert_validation(args: KohyaArgs, conv: Conversion, layers, images: int) -
         for key in ("validate_every_n_epochs", "validate_every_n_steps", "max_validation_steps"):
             if key in args:
                 conv.note("trainer", f"{args.source(key)}: unused without a validation_split (as in kohya)")
-        return
+        return 0
     conv.note("model", f"validation: {TIMESTEPS}")
     every = args.number("validate_every_n_epochs", int)
     if every is not None:
@@ -66,23 +71,25 @@ def convert_validation(args: KohyaArgs, conv: Conversion, layers, images: int) -
         )
     elif "validate_every_n_steps" in args:
         conv.note("trainer", f"{args.source('validate_every_n_steps')}: once per epoch, as here")
+    return held
 
 
-def _split(conv: Conversion, layers, images: int) -> bool:
-    """``data.val_split`` as many images as kohya holds out (``round(images x split)``); whether any are."""
+def _split(conv: Conversion, layers, images: int) -> int | None:
+    """``data.val_split`` as many images as kohya holds out (``round(images x split)``); how many, None
+    without validation."""
     split, source = layers.number("validation_split", float)
     if split is None:
-        return False
+        return None
     if split >= 1:
         raise ConfigError(f"{source} holds out every image; a validation_split is a fraction below 1")
     if split <= 0:
         state = "no validation" if split == 0 else "kohya ignores a split outside [0, 1]: no validation"
         conv.note("data", f"{source}: {state}, as bespoke_pl's default")
-        return False
+        return None
     held = round(images * split)  # train_util.split_train_val: the last round(n * split) images
     if images and held == 0:
         conv.note("data", f"{source}: kohya holds out round({images} x {split}) = 0 images: no validation")
-        return False
+        return None
     if images and math.ceil(images * split) != held:  # bespoke_pl rounds a fraction up
         why = (
             f"kohya holds out round({images} x {split}) = {held} of the {images} images (here a fraction "
@@ -91,4 +98,4 @@ def _split(conv: Conversion, layers, images: int) -> bool:
         conv.set("data.val_split", held, source, why)
     else:
         conv.set("data.val_split", split, source, HELD_OUT)
-    return True
+    return held
