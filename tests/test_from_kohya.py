@@ -12,7 +12,7 @@ import yaml
 from failing import run
 from PIL import Image
 
-from bespoke_pl.commands.cli import main
+from bespoke_pl.commands.cli import BespokeCLI, main
 from bespoke_pl.commands.kohya.keys import KOHYA_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,14 +46,40 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
-def convert(toml: Path, capsys, *extra: str) -> tuple[str, str, dict]:
-    """from-kohya TOML --out TOML.yaml, then fit --print_config of it: (YAML text, warnings, printed config)."""
+class Checked(Exception):
+    """fit got through parsing and its config check to building the model."""
+
+
+def fit_check(config: Path, capsys) -> str:
+    """fit --config CONFIG up to building the model (parsing, then the checks of before_instantiate_classes):
+    the stderr line of a refusal, or "" when fit accepts the config."""
+
+    def stop(self):
+        raise Checked
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BespokeCLI, "instantiate_classes", stop)
+        try:
+            main(["fit", "--config", str(config)])
+        except Checked:
+            return ""
+        except SystemExit:
+            return capsys.readouterr().err
+    raise AssertionError("fit returned without building the model")
+
+
+def convert(toml: Path, capsys, *extra: str, accepted: bool = True) -> tuple[str, str, dict]:
+    """from-kohya TOML --out TOML.yaml, then fit --print_config of it and fit's own checks (which must pass,
+    unless not ``accepted``): (YAML text, warnings, printed config)."""
     out = toml.with_suffix(".yaml")
     code, printed, err = run(["from-kohya", str(toml), "--out", str(out), *extra], capsys)
     assert code == 0, err
     assert f"wrote {out}" in printed and "Traceback" not in err
     code, config, err_fit = run(["fit", "--config", str(out), "--print_config"], capsys)
     assert code == 0, err_fit
+    if accepted:
+        refusal = fit_check(out, capsys)
+        assert not refusal, refusal
     return out.read_text(), err, yaml.safe_load(config)
 
 
@@ -189,16 +215,26 @@ network_dim = 8
 
 
 @pytest.mark.parametrize(
-    ("network_args", "expected"),
+    ("network_args", "expected", "warned"),
     [
         # LoCon: the convolutions at their own rank and alpha; LyCORIS' dropout is the LoRA input's
         (["algo=locon", "conv_dim=8", "conv_alpha=4", "dropout=0.1"],
-         {"conv_rank": 8, "conv_alpha": 4.0, "lora_dropout": 0.1, "use_dora": False}),
-        # LyCORIS adapts the convolutions even without conv_dim: at the network's rank and alpha
-        (["algo=lora", "dora_wd=True"], {"conv_rank": 32, "conv_alpha": 16.0, "use_dora": True}),
+         {"network": "lora", "conv_rank": 8, "conv_alpha": 4.0, "lora_dropout": 0.1, "use_dora": False},
+         None),
+        # LyCORIS adapts the convolutions even without conv_dim: at the network's rank and alpha; DoRA is
+        # saved in the kohya format like the rest
+        (["algo=lora", "dora_wd=True", "wd_on_output=True"],
+         {"network": "lora", "conv_rank": 32, "conv_alpha": 16.0, "use_dora": True}, None),
+        # LoHa on the same layers; LyCORIS' LoHa ignores dropout, and so does the converted config
+        (["algo=loha", "conv_dim=8", "dropout=0.1"],
+         {"network": "loha", "conv_rank": 8, "conv_alpha": 16.0, "lora_dropout": 0.0}, None),
+        # LoKr with its factor; DoRA only on plain LoRA here
+        (["algo=lokr", "factor=8", "dora_wd=True"],
+         {"network": "lokr", "lokr_factor": 8, "use_dora": False},
+         "network_args dora_wd=True: bespoke_pl's DoRA is on plain LoRA only"),
     ],
 )  # fmt: skip
-def test_lycoris_lora_and_locon_become_lora_with_convolutions(work, capsys, network_args, expected):
+def test_lycoris_networks_become_lora_loha_or_lokr(work, capsys, network_args, expected, warned):
     toml = write_toml(work / "kohya.toml", f"""
 pretrained_model_name_or_path = "stabilityai/stable-diffusion-xl-base-1.0"
 train_data_dir = "train"
@@ -211,10 +247,37 @@ network_train_unet_only = true
     text, warnings, config = convert(toml, capsys)
     assert (config["model"]["rank"], config["model"]["alpha"]) == (32, 16.0)
     assert {key: config["model"][key] for key in expected} == expected
-    assert config["save_lora"]["format"] == ("diffusers" if expected["use_dora"] else "kohya")
+    assert config["save_lora"]["format"] == "kohya"  # LoHa, LoKr and DoRA files are kohya/LyCORIS ones
     assert said("LyCORIS' default preset also adapts conv_in", text)
     for arg in network_args:
         assert arg.split("=")[0] in text
+    assert (warned in warnings) if warned else not warnings
+
+
+@pytest.mark.parametrize(
+    ("network_args", "unet_only", "ratio", "warned"),
+    [
+        (["loraplus_lr_ratio=16"], False, 16.0, None),
+        # kohya's part-specific ratios: the UNet's is the one ratio; a different text-encoder one is warned
+        (["loraplus_unet_lr_ratio=16", "loraplus_text_encoder_lr_ratio=4"], False, 16.0,
+         "network_args loraplus_text_encoder_lr_ratio=4: one LoRA+ ratio for the UNet and the text encoders"),
+        (["loraplus_unet_lr_ratio=16", "loraplus_text_encoder_lr_ratio=4"], True, 16.0, None),
+        (["loraplus_text_encoder_lr_ratio=4"], False, None, "LoRA+ on the text encoders alone"),
+    ],
+)  # fmt: skip
+def test_loraplus_ratios_become_the_one_ratio(work, capsys, network_args, unet_only, ratio, warned):
+    toml = write_toml(work / "kohya.toml", f"""
+pretrained_model_name_or_path = "runwayml/stable-diffusion-v1-5"
+train_data_dir = "train"
+network_module = "networks.lora"
+network_args = {json.dumps(network_args)}
+network_train_unet_only = {json.dumps(unet_only)}
+""")  # fmt: skip
+    text, warnings, config = convert(toml, capsys)
+    assert config["model"]["loraplus_lr_ratio"] == ratio
+    assert (warned in warnings) if warned else not warnings
+    for arg in network_args:
+        assert arg in text
 
 
 def test_unsupported_and_refused_keys_are_one_warning_and_named_in_the_yaml(work, capsys):
@@ -231,8 +294,7 @@ enable_bucket = true
 bucket_reso_steps = 64
 caption_prefix = "pixel art, "
 [training_arguments]
-loss_type = "huber"
-huber_c = 0.1
+adaptive_noise_scale = 0.1
 multires_noise_iterations = 6
 wandb_api_key = "do-not-print-me"
 log_with = "wandb"
@@ -252,7 +314,7 @@ network_train_text_encoder_only = true
         ("flip_aug = true", "refused: bespoke_pl never flips pixel art"),
         ("random_crop = true", "refused: bespoke_pl never crops pixel art"),
         ("enable_bucket = true", "refused: bespoke_pl never buckets pixel art"),
-        ('loss_type = "huber"', "bespoke_pl's loss is MSE"),
+        ("adaptive_noise_scale = 0.1", "loss and noise variants bespoke_pl does not have"),
         ('vae = "stabilityai/sd-vae-ft-mse"', "the VAE and the tokenizers from the base model"),
         ("network_dimm = 8", "not an option of kohya's train_network.py"),
         ('log_with = "wandb"', "TensorBoard only"),
@@ -260,11 +322,119 @@ network_train_text_encoder_only = true
         ("network_train_text_encoder_only = true", "always trains the UNet's LoRA"),
     ]:
         assert any(item in line and reason in line for line in block), (item, warnings)
-    for key in ("huber_c", "multires_noise_iterations", "caption_prefix", "wandb_api_key"):
+    for key in ("adaptive_noise_scale", "multires_noise_iterations", "caption_prefix", "wandb_api_key"):
         assert key in warnings and key in text
     assert "do-not-print-me" not in warnings + text
     assert said("refused: kohya flip_aug = true", text) and said("rank_dropout=0: off", text)
     assert said("kohya bucket_reso_steps = 64: unused, as there are no buckets", text)
+
+
+# ------------------------------------------------------------------- objective, validation, optimizers
+SD15 = (
+    'pretrained_model_name_or_path = "runwayml/stable-diffusion-v1-5"\ntrain_data_dir = "train"\n'
+    'network_module = "networks.lora"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected", "warned"),
+    [
+        # kohya's constant Huber threshold is huber_c x huber_scale: one huber_c here
+        ('loss_type = "huber"\nhuber_schedule = "constant"\nhuber_c = 0.2\nhuber_scale = 2.0\n'
+         "debiased_estimation_loss = true\nzero_terminal_snr = true\n"
+         "ip_noise_gamma = 0.1\nip_noise_gamma_random_strength = true\n"
+         "min_timestep = 100\nmax_timestep = 900\n",
+         {"loss_type": "huber", "huber_schedule": "constant", "huber_c": 0.4, "debiased_estimation": True,
+          "zero_terminal_snr": True, "ip_noise_gamma": 0.1, "timestep_min": 100, "timestep_max": 900},
+         "ip_noise_gamma_random_strength = true: no equivalent"),
+        # an exponential threshold cannot take huber_scale in; kohya's empty range trains at max_timestep
+        ('loss_type = "smooth_l1"\nhuber_schedule = "exponential"\nhuber_scale = 2.0\n'
+         "min_timestep = 500\nmax_timestep = 500\n",
+         {"loss_type": "smooth_l1", "huber_schedule": "exponential", "huber_c": 0.1, "timestep_min": 500,
+          "timestep_max": 501}, "huber_scale = 2.0: no equivalent"),
+        # Huber settings without a Huber loss do nothing in kohya: left at the defaults fit requires then
+        ('loss_type = "l1"\nhuber_c = 0.3\nhuber_schedule = "constant"\nmax_timestep = 1000\n',
+         {"loss_type": "l1", "huber_schedule": "snr", "huber_c": 0.1, "timestep_min": 0,
+          "timestep_max": 1000},
+         None),
+    ],
+)  # fmt: skip
+def test_kohyas_objective_options_carry_over(work, capsys, toml, expected, warned):
+    text, warnings, config = convert(write_toml(work / "kohya.toml", SD15 + toml), capsys)
+    assert {key: pytest.approx(config["model"][key]) for key in expected} == expected
+    assert (warned in warnings) if warned else not warnings
+    for line in toml.splitlines():
+        assert line.split(" =")[0] in text
+
+
+def test_validation_and_alpha_masks_carry_over(work, capsys):
+    write_art(work / "more")
+    toml = write_toml(work / "kohya.toml", SD15 + """max_train_steps = 50
+seed = 7
+alpha_mask = true
+masked_loss = true
+validation_split = 0.34
+validate_every_n_epochs = 2
+validate_every_n_steps = 10
+max_validation_steps = 1
+""")  # fmt: skip
+    text, warnings, config = convert(toml, capsys)
+    data, trainer = config["data"], config["trainer"]
+    # kohya holds out round(3 x 0.34) = 1 image, where a fraction here would round up to 2
+    assert (data["val_split"], data["alpha_mask"], config["model"]["validation_seed"]) == (1, True, 7)
+    assert (trainer["check_val_every_n_epoch"], trainer["limit_val_batches"]) == (2, 1)
+    # 50 steps are 3 epochs of the 2 training images x 10 repeats (kohya counts without the held-out one)
+    assert (trainer["max_steps"], trainer["max_epochs"]) == (50, 3)
+    assert said("kohya holds out round(3 x 0.34) = 1 of the 3 images", text)
+    assert said("masked_loss = true: the loss mask is the images' alpha", text)
+    assert "validate_every_n_steps = 10: bespoke_pl measures val/loss once per epoch" in warnings
+    # a dataset's own split and seed win; too few images for kohya's round() means no validation
+    write_toml(work / "dataset.toml", f'[[datasets]]\nvalidation_split = 0.1\nvalidation_seed = 3\n'
+               f'[[datasets.subsets]]\nimage_dir = "{work / "more"}"\n')  # fmt: skip
+    toml = write_toml(work / "kohya2.toml", SD15 + 'dataset_config = "dataset.toml"\nvalidation_split = 0.5\n'
+                      "max_validation_steps = 1\n")  # fmt: skip
+    text, warnings, config = convert(toml, capsys)
+    assert config["data"]["val_split"] == 0.0 and config["trainer"]["limit_val_batches"] is None
+    assert said("validation_split = 0.1: kohya holds out round(3 x 0.1) = 0 images: no validation", text)
+    assert said("validation_seed = 3: unused without a validation_split", text)
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected", "refused"),
+    [
+        # schedule-free: kohya ignores the scheduler and its warmup; the optimizer's own warmup_steps stays
+        ('optimizer_type = "AdamWScheduleFree"\nlearning_rate = 2e-3\nlr_scheduler = "cosine"\n'
+         'lr_warmup_steps = 20\noptimizer_args = ["warmup_steps=20"]\n',
+         {"class_path": "schedulefree.AdamWScheduleFree", "lr_schedule": "constant", "lr_warmup_steps": 0,
+          "init_args": {"lr": 2e-3, "warmup_steps": 20}}, None),
+        ('optimizer_type = "Prodigy"\nlearning_rate = 1.0\nlr_scheduler = "cosine"\nlr_warmup_steps = 20\n'
+         'optimizer_args = ["safeguard_warmup=True", "d_coef=2"]\n',
+         {"class_path": "prodigyopt.Prodigy", "lr_schedule": "cosine", "lr_warmup_steps": 20,
+          "init_args": {"lr": 1.0, "safeguard_warmup": True, "d_coef": 2}}, None),
+        # kept as kohya had it, and the warning says what fit will refuse (and fit does)
+        ('optimizer_type = "Prodigy"\nlearning_rate = 1e-4\nlr_scheduler = "linear"\n',
+         {"class_path": "prodigyopt.Prodigy", "lr_schedule": "linear", "init_args": {"lr": 1e-4}},
+         "model.optimizer.lr 0.0001 with Prodigy"),
+    ],
+)  # fmt: skip
+def test_prodigy_and_schedule_free_carry_over(work, capsys, toml, expected, refused):
+    path = write_toml(work / "kohya.toml", SD15 + toml)
+    text, warnings, config = convert(path, capsys, accepted=refused is None)
+    model = config["model"]
+    init_args = model["optimizer"]["init_args"]
+    optimizer = {
+        "class_path": model["optimizer"]["class_path"],
+        "lr_schedule": model["lr_schedule"],
+        "lr_warmup_steps": model["lr_warmup_steps"],
+        "init_args": {key: init_args[key] for key in expected["init_args"]},
+    }
+    assert optimizer == {"lr_warmup_steps": 0, **expected}
+    if refused:
+        assert f"fit will refuse this until it is changed: {refused}" in warnings
+        assert "with Prodigy: Prodigy's lr multiplies" in fit_check(path.with_suffix(".yaml"), capsys)
+        assert "model.lr_schedule linear with Prodigy" in warnings
+    else:
+        assert not warnings
 
 
 # ------------------------------------------------------------------------------ every key, accounted for
@@ -289,7 +459,7 @@ EVERY_OPTION = {  # values the converter reads as kohya does; any other option g
     "network_dim": 16,
     "network_alpha": 8,
     "network_dropout": 0.1,
-    "network_args": ["conv_dim=4", "conv_alpha=2"],
+    "network_args": ["conv_dim=4", "conv_alpha=2", "loraplus_lr_ratio=16"],
     "network_train_unet_only": False,
     "learning_rate": 1e-4,
     "unet_lr": 2e-4,
@@ -309,7 +479,18 @@ EVERY_OPTION = {  # values the converter reads as kohya does; any other option g
     "clip_skip": 2,
     "noise_offset": 0.05,
     "min_snr_gamma": 5.0,
-    "loss_type": "l2",
+    "loss_type": "huber",
+    "huber_schedule": "snr",
+    "huber_c": 0.1,
+    "huber_scale": 1.0,
+    "ip_noise_gamma": 0.1,
+    "min_timestep": 0,
+    "max_timestep": 1000,
+    "validation_split": 0.34,
+    "validation_seed": 1,
+    "validate_every_n_epochs": 2,
+    "validate_every_n_steps": 10,
+    "max_validation_steps": 1,
     "seed": 7,
     "dynamo_backend": "inductor",
     "torch_compile": False,
@@ -358,6 +539,10 @@ def test_every_kohya_option_in_the_input_is_converted_changed_or_warned(work, ca
     # lr_warmup_steps 0.1 of 4 epochs x ceil(3 images / batch 2) / accumulate 2 = 4 optimizer steps
     assert model["lr_warmup_steps"] == 0
     assert config["trainer"]["max_epochs"] == 4 and config["trainer"]["gradient_clip_val"] == 0.5
+    objective = ("loss_type", "debiased_estimation", "zero_terminal_snr", "ip_noise_gamma", "timestep_max")
+    assert [model[key] for key in objective] == ["huber", True, True, 0.1, 1000]
+    assert (model["loraplus_lr_ratio"], model["validation_seed"], config["data"]["val_split"]) == (16.0, 1, 1)
+    assert config["data"]["alpha_mask"] and config["trainer"]["check_val_every_n_epoch"] == 2
 
 
 def test_the_table_covers_exactly_kohyas_parser():
@@ -450,7 +635,13 @@ network_module = "networks.lora"
         ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "nowhere"\nnetwork_module = "networks.lora"\n',
          "kohya train_data_dir nowhere does not exist or is not a folder"),
         ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "train"\nnetwork_module = "lycoris.kohya"\n'
-         'network_args = ["algo=loha"]\n', "LyCORIS loha is not LoRA"),
+         'network_args = ["algo=ia3"]\n', "LyCORIS ia3 is not one bespoke_pl trains"),
+        ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "train"\nnetwork_module = "lycoris.kohya"\n'
+         'network_args = ["algo=lokr", "factor=0"]\n', "LoKr's factor is -1 or a whole number >= 1"),
+        ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "train"\nnetwork_module = "networks.lora"\n'
+         'loss_type = "mse"\n', 'kohya loss_type = "mse" is not one of kohya\'s l2, l1, huber, smooth_l1'),
+        ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "train"\nnetwork_module = "networks.lora"\n'
+         'validation_split = 1.0\n', "kohya validation_split = 1.0 holds out every image"),
         ('v2 = true\npretrained_model_name_or_path = "m"\n', "an SD 2.x base"),
         ('pretrained_model_name_or_path = "m"\ntrain_data_dir = "train"\nnetwork_module = "networks.lora"\n'
          'resolution = "24,32"\n', 'kohya resolution = "24,32" is not square'),

@@ -8,12 +8,13 @@ from typing import Any
 
 from bespoke_pl.commands.kohya.data import convert_data
 from bespoke_pl.commands.kohya.keys import CONVERTED, REASON
-from bespoke_pl.commands.kohya.network import convert_base, convert_network
+from bespoke_pl.commands.kohya.network import convert_base, convert_loraplus, convert_network
+from bespoke_pl.commands.kohya.objective import convert_objective
 from bespoke_pl.commands.kohya.outputs import convert_outputs, convert_sampling
 from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.commands.kohya.training import (
+    check_optimizer,
     convert_length,
-    convert_objective,
     convert_optimizer,
     convert_precision,
     convert_schedule,
@@ -59,8 +60,10 @@ def convert(
     data = convert_data(args, conv, conv.family)
     convert_network(args, conv)
     convert_optimizer(args, conv)
+    convert_loraplus(args, conv)
     total = convert_length(args, conv, data)
     convert_schedule(args, conv, total)
+    check_optimizer(conv)
     convert_precision(args, conv)
     convert_objective(args, conv)
     convert_outputs(args, conv)

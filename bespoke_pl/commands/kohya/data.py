@@ -17,6 +17,7 @@ from PIL import Image
 from bespoke_pl.commands.kohya.keys import REASON
 from bespoke_pl.commands.kohya.reading import read_table
 from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs, as_flag, as_number, toml_value
+from bespoke_pl.commands.kohya.validation import convert_validation
 from bespoke_pl.errors import ConfigError
 
 # The pixel_scale of the shipped configs (configs/sdxl.yaml, sd15.yaml): near the base's native size
@@ -58,6 +59,7 @@ TOML_DATA_KEYS = (
     "cache_info",
     "validation_seed",
     "validation_split",
+    "alpha_mask",  # a subset option in a dataset config; kohya falls back to the TOML's
 )
 
 # kohya's augmentations and resampling: what bespoke_pl never does to pixel art, and why
@@ -76,7 +78,6 @@ BUCKET_SIZES = ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 DATASET_CONFIG_REASONS = {
     "custom_attributes": "custom attributes are for kohya's own extensions",
     "network_multiplier": "one LoRA strength for the whole run",
-    "alpha_mask": REASON["alpha_mask"],
     "metadata_file": REASON["in_json"],
     "conditioning_data_dir": REASON["conditioning_data_dir"],
 }
@@ -327,6 +328,19 @@ def _refusals(layers: Layers, conv: Conversion) -> None:
             conv.note("data", f"{source}: unused, as there are no buckets")
 
 
+def _alpha_mask(layers: Layers, conv: Conversion) -> None:
+    """kohya's ``alpha_mask``: the images' alpha weights the loss, as ``data.alpha_mask`` does."""
+    on, source = layers.flag("alpha_mask")
+    if on:
+        why = (
+            "kohya trains on the colours a PNG stores under its transparent pixels; here they are composited "
+            "on data.background (black where unset)"
+        )
+        conv.set("data.alpha_mask", True, source, why)
+    elif source:
+        conv.note("data", f"{source}: no alpha mask, as bespoke_pl's default")
+
+
 def convert_data(args: KohyaArgs, conv: Conversion, family: str) -> DataFacts:
     """Fill ``data.*`` and ``model.pixel_scale``; every data key of the TOML and dataset config is used."""
     toml_layer = {}
@@ -360,6 +374,9 @@ def convert_data(args: KohyaArgs, conv: Conversion, family: str) -> DataFacts:
     _resolution(layers, conv, folder.path, family)
     _captions(layers, conv)
     _refusals(layers, conv)
+    _alpha_mask(layers, conv)
+    images = len(list(folder.path.glob("*.png")))
+    images -= convert_validation(args, conv, layers, images)  # kohya's steps count the training images
     for text in layers.overridden:
         conv.note("data", text)
     for key in layers.unused():
@@ -368,4 +385,4 @@ def convert_data(args: KohyaArgs, conv: Conversion, family: str) -> DataFacts:
             REASON.get(key) or DATASET_CONFIG_REASONS.get(key) or "not an option of kohya's dataset config"
         )
         conv.skip(source.removeprefix("kohya "), reason)
-    return DataFacts(len(list(folder.path.glob("*.png"))), folder.num_repeats or 1, batch or 1)
+    return DataFacts(images, folder.num_repeats or 1, batch or 1)

@@ -43,7 +43,14 @@ CONVERTED = frozenset(
         "color_aug",
         "face_crop_aug_range",
         "resize_interpolation",
-        # training.py: optimizer, schedule, length, precision, caches, objective
+        "alpha_mask",
+        # validation.py: the held-out images and how often they are measured
+        "validation_split",
+        "validation_seed",
+        "validate_every_n_epochs",
+        "validate_every_n_steps",
+        "max_validation_steps",
+        # training.py: optimizer, schedule, length, precision, caches
         "learning_rate",
         "unet_lr",
         "text_encoder_lr",
@@ -73,11 +80,22 @@ CONVERTED = frozenset(
         "cache_text_encoder_outputs",
         "max_data_loader_n_workers",
         "persistent_data_loader_workers",
+        # objective.py: the loss, its weights and the noise
         "seed",
         "clip_skip",
         "noise_offset",
         "min_snr_gamma",
         "loss_type",
+        "huber_schedule",
+        "huber_c",
+        "huber_scale",
+        "debiased_estimation_loss",
+        "ip_noise_gamma",
+        "ip_noise_gamma_random_strength",
+        "zero_terminal_snr",
+        "min_timestep",
+        "max_timestep",
+        "masked_loss",
         # outputs.py: files, logging, samples
         "output_dir",
         "output_name",
@@ -124,34 +142,18 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
         "weighted_captions",
         "max_token_length",
     ),
-    "masks and alpha masks: bespoke_pl trains on the whole 24x24 image": (
-        "masked_loss",
-        "alpha_mask",
+    "kohya's mask images do not carry over; bespoke_pl's one loss mask is the images' alpha (alpha_mask)": (
         "conditioning_data_dir",
     ),
-    "no validation loss yet (bespoke_pl measures samples every epoch instead)": (
-        "validation_seed",
-        "validation_split",
-        "validate_every_n_steps",
-        "validate_every_n_epochs",
-        "max_validation_steps",
-    ),
-    "loss and noise variants bespoke_pl does not have (it has MSE, noise_offset and min_snr_gamma)": (
+    "loss and noise variants bespoke_pl does not have (it has kohya's loss types and Huber schedules, "
+    "noise_offset, min_snr_gamma, debiased estimation, input perturbation, zero terminal SNR and the "
+    "timestep range)": (
         "noise_offset_random_strength",
         "adaptive_noise_scale",
         "multires_noise_iterations",
         "multires_noise_discount",
-        "ip_noise_gamma",
-        "ip_noise_gamma_random_strength",
-        "zero_terminal_snr",
-        "min_timestep",
-        "max_timestep",
-        "huber_schedule",
-        "huber_c",
-        "huber_scale",
         "scale_v_pred_loss_like_noise_pred",
         "v_pred_like_loss",
-        "debiased_estimation_loss",
     ),
     "schedule shapes bespoke_pl does not have (constant, cosine or linear after a linear warmup)": (
         "lr_scheduler_type",

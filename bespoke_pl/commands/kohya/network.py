@@ -1,5 +1,6 @@
 """kohya's base model and network options as ``model.*``: the family, LoRA (``networks.lora``) or LyCORIS
-LoRA/LoCon (``lycoris.kohya``) with rank, alpha and convolution rank, and which parts train.
+(``lycoris.kohya``: LoRA/LoCon, LoHa, LoKr, see :mod:`~bespoke_pl.commands.kohya.lycoris`) with rank, alpha
+and convolution rank, LoRA+, and which parts train.
 """
 
 from __future__ import annotations
@@ -7,6 +8,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bespoke_pl.commands.kohya.lycoris import (
+    FALSE,
+    VARIANT,
+    VARIANT_ARGS,
+    arg_number,
+    lycoris_network,
+    lycoris_options,
+)
 from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.errors import ConfigError
 
@@ -16,7 +25,6 @@ SDXL_ONLY = (
     "disable_mmap_load_safetensors",
 )
 XL_NAME = re.compile(r"(?i)(?<![a-z])(sd)?[-_]?xl(?![a-z])")  # sdxl, sd_xl, stable-diffusion-xl-base, pony-xl
-FALSE = ("false", "0", "0.0", "none", "")
 
 NETWORK_MODULES = ("networks.lora", "lycoris.kohya")
 LORA_ARGS = {  # networks.lora's network_args that bespoke_pl has no equivalent for, and why
@@ -30,24 +38,11 @@ LORA_ARGS = {  # networks.lora's network_args that bespoke_pl has no equivalent 
     "mid_lr_weight": "one learning rate for the whole UNet",
     "up_lr_weight": "one learning rate for the whole UNet",
     "block_lr_zero_threshold": "one learning rate for the whole UNet",
-    "loraplus_lr_ratio": "no LoRA+ (one learning rate for a LoRA's two matrices)",
-    "loraplus_unet_lr_ratio": "no LoRA+ (one learning rate for a LoRA's two matrices)",
-    "loraplus_text_encoder_lr_ratio": "no LoRA+ (one learning rate for a LoRA's two matrices)",
 }
-LYCORIS_VARIANT = "a LyCORIS variant of the LoRA update that bespoke_pl does not train"
-LYCORIS_ARGS = LORA_ARGS | {
-    key: LYCORIS_VARIANT
-    for key in (
-        "use_tucker", "use_cp", "use_conv_cp", "use_scalar", "train_norm", "constraint", "rescaled",
-        "wd_on_output", "full_matrix", "bypass_mode", "rs_lora", "unbalanced_factorization", "train_t5xxl",
-        "factor", "decompose_both", "block_size",
-    )
-}  # fmt: skip
-LYCORIS_ALGOS = ("lora", "locon")  # both are LyCORIS' LoConModule: LoRA, with the convolutions by conv_dim
-LYCORIS_TARGETS = (
-    "LyCORIS' default preset also adapts conv_in, conv_out and the time embedding; bespoke_pl adapts kohya's "
-    "targets (transformer blocks, and with conv_rank the ResNet blocks and samplers)"
-)
+LYCORIS_ARGS = LORA_ARGS | dict.fromkeys(VARIANT_ARGS, VARIANT)
+# LoRA+ (networks.lora and lycoris.kohya alike): the UNet's ratio is loraplus_unet_lr_ratio, else
+# loraplus_lr_ratio; the text encoders' loraplus_text_encoder_lr_ratio, else loraplus_lr_ratio.
+LORAPLUS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 
 
 def detect_family(args: KohyaArgs, model: str, requested: str) -> tuple[str, str]:
@@ -113,15 +108,8 @@ def network_args(args: KohyaArgs) -> dict[str, str]:
     return parsed
 
 
-def _number(key: str, value: str, kind: type = float):
-    try:
-        return kind(float(value)) if kind is int else kind(value)
-    except ValueError:
-        raise ConfigError(f"kohya network_args {key}={value} is not a number") from None
-
-
 def convert_network(args: KohyaArgs, conv: Conversion) -> None:
-    """LoRA rank, alpha, convolutions, dropout, DoRA and which parts train."""
+    """The network (LoRA, LoHa, LoKr), rank, alpha, convolutions, dropout, DoRA and which parts train."""
     module = args.text("network_module")
     if module not in NETWORK_MODULES:
         named = (
@@ -131,21 +119,14 @@ def convert_network(args: KohyaArgs, conv: Conversion) -> None:
         )
         raise ConfigError(
             f"kohya {named}: bespoke_pl trains networks.lora (LoRA; LoCon with conv_dim) and lycoris.kohya "
-            "with algo=lora or locon"
+            "with algo=lora, locon, loha or lokr"
         )
     extra = network_args(args)
     lycoris = module == "lycoris.kohya"
     if lycoris:
-        algo = extra.pop("algo", "lora").lower()
-        if algo not in LYCORIS_ALGOS:
-            raise ConfigError(
-                f"kohya network_args algo={algo}: LyCORIS {algo} is not LoRA; bespoke_pl trains algo=lora "
-                "and algo=locon (LoRA with convolutions)"
-            )
-        conv.note(
-            "model", f"{args.source('network_module')}, network_args algo={algo}: LoRA. {LYCORIS_TARGETS}"
-        )
+        network = lycoris_network(extra, conv, args.source("network_module"))
     else:
+        network = "lora"
         targets = "the transformer blocks' layers, with conv_dim the ResNet blocks and samplers too"
         conv.note("model", f"{args.source('network_module')}: LoRA on kohya's targets, {targets}")
     rank, alpha = args.number("network_dim", int), args.number("network_alpha")
@@ -154,11 +135,13 @@ def convert_network(args: KohyaArgs, conv: Conversion) -> None:
     alpha_source = args.source("network_alpha") if alpha is not None else default.format("network_alpha")
     conv.set("model.alpha", 1.0 if alpha is None else alpha, alpha_source)
     _convolutions(extra, conv, lycoris, rank or 4, 1.0 if alpha is None else alpha)
-    _dropout(args, extra, conv, lycoris)
+    _dropout(args, conv, lycoris)
     if lycoris:
-        _lycoris_options(extra, conv)
+        lycoris_options(extra, conv, network)
     for key, value in extra.items():
         table = LYCORIS_ARGS if lycoris else LORA_ARGS
+        if key in LORAPLUS:
+            continue  # convert_loraplus, once the trained parts are known
         if key in table and value.lower() in FALSE:
             conv.note("model", f"kohya network_args {key}={value}: off, as in bespoke_pl")
         else:
@@ -166,37 +149,20 @@ def convert_network(args: KohyaArgs, conv: Conversion) -> None:
     _trained_parts(args, conv)
 
 
-def _dropout(args: KohyaArgs, extra: dict[str, str], conv: Conversion, lycoris: bool) -> None:
-    """kohya's network_dropout (on the rank-r activations) or LyCORIS' dropout as peft's input dropout."""
+def _dropout(args: KohyaArgs, conv: Conversion, lycoris: bool) -> None:
+    """kohya's network_dropout (on the rank-r activations) as peft's input dropout; LyCORIS ignores it."""
     dropout = args.number("network_dropout")
     why = "peft drops the LoRA branch's input; kohya drops its rank-r activations"
-    if dropout:
+    if dropout and lycoris:
+        conv.note(
+            "model",
+            f"{args.source('network_dropout')}: unused, as lycoris.kohya ignores it (its dropout is "
+            "network_args dropout)",
+        )
+    elif dropout:
         conv.set("model.lora_dropout", dropout, args.source("network_dropout"), why)
     elif "network_dropout" in args:
         conv.note("model", f"{args.source('network_dropout')}: no dropout, as bespoke_pl's default")
-    if lycoris and "dropout" in extra:
-        text = extra.pop("dropout")
-        if _number("dropout", text):
-            conv.set("model.lora_dropout", _number("dropout", text), f"kohya network_args dropout={text}")
-        else:
-            conv.note("model", f"kohya network_args dropout={text}: no dropout, as bespoke_pl's default")
-
-
-def _lycoris_options(extra: dict[str, str], conv: Conversion) -> None:
-    """LyCORIS' DoRA (dora_wd) and target preset."""
-    if "dora_wd" in extra:
-        text = extra.pop("dora_wd")
-        if text.lower() in FALSE:
-            conv.note("model", f"kohya network_args dora_wd={text}: plain LoRA, as bespoke_pl's default")
-        else:
-            conv.set("model.use_dora", True, f"kohya network_args dora_wd={text}")
-            why = "kohya's LoRA file format cannot hold DoRA's magnitudes"
-            conv.set("save_lora.format", "diffusers", f"kohya network_args dora_wd={text}", why)
-    preset = extra.pop("preset", None)
-    if preset == "full":
-        conv.note("model", "kohya network_args preset=full: LyCORIS' default; see network_module above")
-    elif preset is not None:
-        conv.skip(f"network_args preset={preset}", f"bespoke_pl has one set of targets; {LYCORIS_TARGETS}")
 
 
 def _convolutions(extra: dict[str, str], conv: Conversion, lycoris: bool, rank: int, alpha: float) -> None:
@@ -210,7 +176,7 @@ def _convolutions(extra: dict[str, str], conv: Conversion, lycoris: bool, rank: 
                 "model", f"kohya network_args conv_alpha={conv_alpha}: unused without conv_dim (in kohya too)"
             )
         return
-    dim_value = _number("conv_dim", dim, int) if dim is not None else rank
+    dim_value = arg_number("conv_dim", dim, int) if dim is not None else rank
     source = (
         f"kohya network_args conv_dim={dim}"
         if dim is not None
@@ -223,7 +189,7 @@ def _convolutions(extra: dict[str, str], conv: Conversion, lycoris: bool, rank: 
     if conv_alpha is not None:
         conv.set(
             "model.conv_alpha",
-            _number("conv_alpha", conv_alpha),
+            arg_number("conv_alpha", conv_alpha),
             f"kohya network_args conv_alpha={conv_alpha}",
         )
     elif lycoris:
@@ -252,3 +218,62 @@ def _trained_parts(args: KohyaArgs, conv: Conversion) -> None:
         else "kohya default (network_train_unet_only not set: kohya trains the text encoders' LoRA too)"
     )
     conv.set("model.train_text_encoder", True, source)
+
+
+def convert_loraplus(args: KohyaArgs, conv: Conversion) -> None:
+    """LoRA+: ``model.loraplus_lr_ratio``, one ratio for the UNet's and the text encoders' up matrices.
+
+    Runs after the learning rates, which may freeze the text encoders (``text_encoder_lr = 0``).
+    """
+    given = {key: value for key, value in network_args(args).items() if key in LORAPLUS}
+    if not given:
+        return
+    ratios = {}
+    for key, text in given.items():
+        ratio = arg_number(key, text)
+        if not ratio > 0:
+            raise ConfigError(f"kohya network_args {key}={text}: a LoRA+ ratio must be > 0")
+        ratios[key] = ratio
+    source = {key: f"kohya network_args {key}={text}" for key, text in given.items()}
+    if conv.get("model.network") in ("loha", "lokr"):
+        for key in given:
+            conv.note(
+                "model",
+                f"{source[key]}: unused, LoHa and LoKr have no up matrix to speed up (in LyCORIS too)",
+            )
+        return
+    general, unet_key, te_key = LORAPLUS
+    unet = unet_key if unet_key in ratios else general if general in ratios else None
+    te = te_key if te_key in ratios else general if general in ratios else None
+    training_te = bool(conv.get("model.train_text_encoder"))
+    if unet is None:  # the text encoders' ratio alone
+        if training_te:
+            conv.skip(
+                source[te].removeprefix("kohya "),
+                "LoRA+ on the text encoders alone: bespoke_pl's model.loraplus_lr_ratio is the UNet's too",
+            )
+        else:
+            conv.note("model", f"{source[te]}: unused, the text encoders are frozen (as in kohya)")
+        return
+    why = ""
+    if training_te and te is None:
+        why = (
+            "kohya gives the text encoders no LoRA+ (neither loraplus_text_encoder_lr_ratio nor "
+            "loraplus_lr_ratio); here the ratio is theirs too"
+        )
+    conv.set("model.loraplus_lr_ratio", ratios[unet], source[unet], why)
+    for key in given:
+        if key == unet:
+            continue
+        if key == te and training_te and ratios[te] != ratios[unet]:
+            conv.skip(
+                source[key].removeprefix("kohya "),
+                f"one LoRA+ ratio for the UNet and the text encoders: {ratios[unet]} "
+                "(model.loraplus_lr_ratio)",
+            )
+        elif key == te and training_te:
+            conv.note("model", f"{source[key]}: the text encoders' ratio, the UNet's too")
+        elif key == te:
+            conv.note("model", f"{source[key]}: unused, the text encoders are frozen (as in kohya)")
+        else:
+            conv.note("model", f"{source[key]}: unused, the part-specific ratios decide (as in kohya)")

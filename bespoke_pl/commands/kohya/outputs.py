@@ -51,10 +51,7 @@ def convert_outputs(args: KohyaArgs, conv: Conversion) -> None:
             if form == "safetensors"
             else "LoRA files are safetensors only: a pickle can run code when loaded"
         )
-        if conv.get("save_lora.format") is None:
-            conv.set("save_lora.format", "kohya", args.source("save_model_as"), why)
-        else:
-            conv.note("save_lora", f"{args.source('save_model_as')}: safetensors, in the format DoRA needs")
+        conv.set("save_lora.format", "kohya", args.source("save_model_as"), why)
     precision = args.text("save_precision")
     if precision is not None:
         if precision not in SAVE_DTYPES:

@@ -1,5 +1,5 @@
 """kohya's training options as ``fit`` options: optimizer and learning rates, schedule, length, precision,
-memory and caches, and the objective.
+memory and caches (the objective is :mod:`~bespoke_pl.commands.kohya.objective`'s).
 """
 
 from __future__ import annotations
@@ -8,10 +8,12 @@ import ast
 import importlib.util
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 from bespoke_pl.commands.kohya.data import DataFacts
 from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.training.optimizer_choices import INSTALL, is_schedule_free, optimizer_problems
 
 EIGHT_BIT = (
     "8-bit and paged optimizer states save memory on a whole model; a LoRA's states are a few MB, so the "
@@ -39,9 +41,12 @@ OPTIMIZERS = {
     "dadaptadanip": ("dadaptation.experimental.DAdaptAdanIP", {}, ""),
     "dadaptlion": ("dadaptation.DAdaptLion", {}, ""),
     "dadaptsgd": ("dadaptation.DAdaptSGD", {}, ""),
+    # Schedule-free: kohya then ignores lr_scheduler and lr_warmup_steps (its warmup is warmup_steps)
+    "radamschedulefree": ("schedulefree.RAdamScheduleFree", {}, ""),
+    "adamwschedulefree": ("schedulefree.AdamWScheduleFree", {}, ""),
+    "sgdschedulefree": ("schedulefree.SGDScheduleFree", {}, ""),
 }
-SCHEDULE_FREE = ("radamschedulefree", "adamwschedulefree", "sgdschedulefree")
-PACKAGES = {"lion_pytorch": "lion-pytorch", "prodigyopt": "prodigyopt", "dadaptation": "dadaptation"}
+PACKAGES = {"lion_pytorch": "pip install lion-pytorch", "dadaptation": "pip install dadaptation"} | INSTALL
 # The usual Adafactor setting for a LoRA: a fixed learning rate under bespoke_pl's schedule.
 ADAFACTOR_FIXED_LR = {"relative_step": False, "scale_parameter": False, "warmup_init": False}
 SCHEDULES = {
@@ -89,13 +94,6 @@ def convert_optimizer(args: KohyaArgs, conv: Conversion) -> None:
         if old in args and old not in source:
             conv.note("model", f"{args.source(old)}: optimizer_type decides (as in kohya)")
     key = name.lower() or "adamw"
-    if key in SCHEDULE_FREE:
-        conv.skip(
-            source.removeprefix("kohya "),
-            "schedule-free optimizers need train()/eval() calls bespoke_pl does "
-            "not make; model.optimizer is AdamW",
-        )
-        key, source = "adamw", "AdamW instead of the schedule-free optimizer (see the warning)"
     if key in OPTIMIZERS:
         class_path, fixed, why = OPTIMIZERS[key]
     elif "." in name:
@@ -107,8 +105,9 @@ def convert_optimizer(args: KohyaArgs, conv: Conversion) -> None:
     conv.set("model.optimizer.class_path", class_path, source, why)
     module = class_path.rpartition(".")[0]
     if importlib.util.find_spec(module.split(".")[0]) is None:
-        package = PACKAGES.get(module.split(".")[0], module.split(".")[0])
-        conv.check(f"model.optimizer {class_path} needs its package here before fit: pip install {package}")
+        package = module.split(".")[0]
+        install = PACKAGES.get(package, f"pip install {package}")
+        conv.check(f"model.optimizer {class_path} needs its package here before fit: {install}")
     _learning_rates(args, conv)
     init = dict(fixed)
     if class_path.endswith("Adafactor"):
@@ -194,7 +193,13 @@ def convert_length(args: KohyaArgs, conv: Conversion, data: DataFacts) -> int | 
             else "kohya default (no max_train_epochs or max_train_steps)"
         )
         conv.set("trainer.max_steps", steps, source)
-        conv.set("trainer.max_epochs", -1, source, "the step count alone ends the run, as in kohya")
+        # fit runs a whole number of epochs (one LoRA file each): enough for the steps, which end it
+        epochs = math.ceil(steps / per_epoch) if per_epoch else 1
+        why = (
+            f"{epochs} epochs of {per_epoch} optimizer steps hold kohya's {steps}; max_steps ends the run at "
+            f"step {steps}, as in kohya (with the last LoRA file)"
+        )
+        conv.set("trainer.max_epochs", epochs, source, why)
         total = steps
     norm = args.number("max_grad_norm")
     if norm is None:
@@ -208,6 +213,9 @@ def convert_length(args: KohyaArgs, conv: Conversion, data: DataFacts) -> int | 
 
 def convert_schedule(args: KohyaArgs, conv: Conversion, total: int | None) -> None:
     """``model.lr_schedule`` and ``lr_warmup_steps`` (a fraction of the run, in kohya, when below 1)."""
+    if is_schedule_free(str(conv.get("model.optimizer.class_path"))):
+        _schedule_free(args, conv)
+        return
     name = (args.text("lr_scheduler") or "constant").lower()
     source = args.source("lr_scheduler") if "lr_scheduler" in args else "kohya default (lr_scheduler not set)"
     cycles, power = args.number("lr_scheduler_num_cycles"), args.number("lr_scheduler_power")
@@ -262,6 +270,37 @@ def convert_schedule(args: KohyaArgs, conv: Conversion, total: int | None) -> No
             else ""
         )
         conv.set("model.lr_warmup_steps", int(warmup), args.source("lr_warmup_steps"), why)
+
+
+def _schedule_free(args: KohyaArgs, conv: Conversion) -> None:
+    """A schedule-free optimizer is its own schedule: kohya gives it a dummy scheduler, as constant does."""
+    conv.set(
+        "model.lr_schedule", "constant", "kohya's schedule-free optimizer (its averaging is the schedule)"
+    )
+    for key in ("lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power"):
+        if key in args:
+            args.raw(key)
+            conv.note(
+                "model",
+                f"{args.source(key)}: unused with a schedule-free optimizer, as in kohya (its warmup is "
+                "optimizer_args warmup_steps)",
+            )
+
+
+def check_optimizer(conv: Conversion) -> None:
+    """What ``fit``'s config check will say of the converted optimizer and schedule (Prodigy's rate and
+    schedule, 8-bit without CUDA), in the warning: the values stay kohya's, the user decides."""
+    init = SimpleNamespace(
+        lr=conv.get("model.optimizer.init_args.lr"),
+        safeguard_warmup=conv.get("model.optimizer.init_args.safeguard_warmup") or False,
+    )
+    model = SimpleNamespace(
+        optimizer=SimpleNamespace(class_path=conv.get("model.optimizer.class_path"), init_args=init),
+        lr_schedule=conv.get("model.lr_schedule") or "constant",
+        lr_warmup_steps=conv.get("model.lr_warmup_steps") or 0,
+    )
+    for problem in optimizer_problems(model, SimpleNamespace(accelerator=conv.get("trainer.accelerator"))):
+        conv.check(f"fit will refuse this until it is changed: {problem}")
 
 
 def convert_precision(args: KohyaArgs, conv: Conversion) -> None:
@@ -349,48 +388,3 @@ def _caches(args: KohyaArgs, conv: Conversion) -> None:
             conv.note(
                 "data", f"{args.source(key)}: the images are in memory, so data.num_workers stays 0 (fastest)"
             )
-
-
-def convert_objective(args: KohyaArgs, conv: Conversion) -> None:
-    """Seed, clip skip, noise offset, Min-SNR and the loss."""
-    seed = args.number("seed", int)
-    if seed is not None:
-        conv.set("seed_everything", seed, args.source("seed"))
-    clip_skip = args.number("clip_skip", int)
-    if conv.family == "sdxl":
-        source = (
-            args.source("clip_skip")
-            if clip_skip is not None
-            else "kohya's SDXL conditioning (clip_skip not set)"
-        )
-        why = (
-            ""
-            if clip_skip == 2
-            else "kohya's SDXL training ignores clip_skip and always uses the penultimate layers: clip_skip 2"
-        )
-        conv.set("model.clip_skip", 2, source, why)
-    else:
-        conv.set(
-            "model.clip_skip",
-            clip_skip or 1,
-            args.source("clip_skip") if clip_skip else "kohya default (clip_skip not set: the last layer)",
-        )
-    offset = args.number("noise_offset")
-    if offset is not None:
-        conv.set("model.noise_offset", offset, args.source("noise_offset"))
-    gamma = args.number("min_snr_gamma")
-    if gamma:
-        conv.set("model.min_snr_gamma", gamma, args.source("min_snr_gamma"))
-    elif "min_snr_gamma" in args:
-        conv.note("model", f"{args.source('min_snr_gamma')}: plain MSE, as bespoke_pl's default")
-    loss = args.text("loss_type")
-    if loss not in (None, "l2"):
-        conv.skip(args.source("loss_type").removeprefix("kohya "), "bespoke_pl's loss is MSE (l2)")
-    elif loss:
-        conv.note("model", f"{args.source('loss_type')}: MSE, as bespoke_pl")
-    if "gradient_checkpointing" in args:
-        conv.set(
-            "model.gradient_checkpointing",
-            args.flag("gradient_checkpointing"),
-            args.source("gradient_checkpointing"),
-        )
