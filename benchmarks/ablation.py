@@ -6,11 +6,12 @@
 
 Each row is ``fit --config configs/demo.yaml`` (the pretrained tiny base tiny-punks:sdxl learning the demo
 punks' neon style) with the row's arguments added, the same seeds and steps, and 8 of the 48 demo punks held
-out for the validation loss. Each row runs in its own process, so its peak memory (peak RSS on the CPU,
+out for the validation loss (plain MSE at fixed timesteps and noise, ``validation_loss: mse``, so that rows
+with other loss types and weights are measured alike), 16 samples per epoch. Each row runs in its own process, so its peak memory (peak RSS on the CPU,
 ``max_memory_allocated`` on CUDA) is its own. From the run's TensorBoard events the table takes the last
 epoch's values:
 
-- ``val``: the deterministic validation loss on the held-out punks (lower is better), ``gap``: it minus
+- ``val``: the deterministic validation MSE on the held-out punks (lower is better), ``gap``: it minus
   the same measure on as many training punks (grows when the LoRA memorises);
 - ``neon``: the share of the samples in the demo style (the goal of the demo: up from ~0 at epoch 0);
 - ``iou`` / ``torso`` / ``grid`` / ``colours``: the pixel-art measures of the samples (silhouette IoU with
@@ -71,7 +72,8 @@ def fit_arguments(name: str, out: Path, epochs: int, extra: list[str]) -> list[s
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.name", slug(name),
         "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-        "--data.val_split", "8", "--sample.contact_sheet", "false", *extra,
+        "--data.val_split", "8", "--model.validation_loss", "mse", "--sample.num_prompts", "16",
+        "--sample.contact_sheet", "false", *extra,
     ]  # fmt: skip
 
 
@@ -143,7 +145,7 @@ def main() -> None:
     for name in args.only or list(OPTIONS):
         rows.append(row(name, out, args.epochs))
         print(f"{name}: done", file=sys.stderr, flush=True)
-    print(f"demo LoRA on tiny-punks:sdxl, {args.epochs} epochs, 8 punks held out; runs in {out}")
+    print(f"demo LoRA on tiny-punks:sdxl, {args.epochs} epochs, 8 punks held out, 16 samples; runs in {out}")
     print(table(rows))
 
 

@@ -139,3 +139,24 @@ def test_fit_validates_monitors_and_writes_the_ema_file(tmp_path, tiny_sd15, dem
     line = fails([*command, "--data.val_split", "2.5", "--model.validation_timesteps", "0"], capsys)
     assert "data.val_split must be a fraction in [0, 1) or a whole count of images, got 2.5" in line
     assert "model.validation_timesteps must be >= 1, got 0" in line
+
+
+def test_plain_validation_loss_is_the_mse_whatever_the_objective(tiny_sd15):
+    from bespoke_pl.diffusion.objective import add_noise
+
+    module = PixelLoRAModule(
+        str(tiny_sd15), family="sd15", pixel_scale=1, rank=2, min_snr_gamma=1.0, loss_type="huber",
+        debiased_estimation=True, validation_loss="mse",
+    )  # fmt: skip
+    module.configure_model()
+    torch.manual_seed(0)
+    latents, noise = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    timesteps = torch.tensor([100, 900])
+    embeds = module.encode_text(["a", "b"])
+    with torch.no_grad():
+        plain = module.compute_loss(latents, embeds, timesteps, noise, plain=True)
+        weighted = module.compute_loss(latents, embeds, timesteps, noise)
+        noisy = add_noise(latents, noise, timesteps, module.alphas_cumprod)
+        mse = (module.predict(noisy, timesteps, embeds).float() - noise).pow(2).mean()
+    assert plain == pytest.approx(float(mse), rel=1e-6)
+    assert abs(float(weighted) - float(mse)) > 1e-4, "the training objective is not plain MSE here"

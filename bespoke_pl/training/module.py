@@ -131,6 +131,9 @@ class PixelLoRAModule(L.LightningModule):
         validation_timesteps: With a validation set (``data.val_split`` / ``data.val_root``): how many fixed
             timesteps, spread over the schedule, each held-out image is measured at (``val/loss``).
         validation_seed: Seeds the validation noise (fixed per image): same seed, same measure.
+        validation_loss: ``objective``: the training loss (its loss type and weights); ``mse``: plain MSE of
+            the prediction, the same yardstick whatever the objective options (to compare runs that differ
+            in them, as ``benchmarks/ablation.py`` does).
     """
 
     def __init__(
@@ -182,6 +185,7 @@ class PixelLoRAModule(L.LightningModule):
         sdxl_size: int | None = None,
         validation_timesteps: int = 4,
         validation_seed: int = 0,
+        validation_loss: Literal["objective", "mse"] = "objective",
     ) -> None:
         super().__init__()
         if pixel_scale < 1 or clip_skip < 1 or rank < 1:
@@ -321,12 +325,14 @@ class PixelLoRAModule(L.LightningModule):
         timesteps: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        plain: bool = False,
     ) -> torch.Tensor:
         """The diffusion loss of latents (B, 4, h, w); random timesteps and noise unless given.
 
         Validation gives both (fixed per image, so every epoch's loss is measured on the same problems);
         then nothing random is added (no input perturbation); the loss type and weighting still apply.
         ``mask`` (B, 1, h, w) weights the latent cells (``data.alpha_mask``, see :meth:`loss_mask`).
+        ``plain``: unweighted MSE whatever the loss options (``validation_loss='mse'``).
         """
         h = self.hparams
         drawn = timesteps is None and noise is None
@@ -343,6 +349,8 @@ class PixelLoRAModule(L.LightningModule):
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
         a, kind = self.alphas_cumprod, self.prediction_type
         weights = min_snr_weights(timesteps, a, h.min_snr_gamma, kind) if h.min_snr_gamma else None
+        if plain:
+            return diffusion_loss(self.predict(noisy, timesteps, embeds), target, None, "l2", None, mask)
         if h.debiased_estimation:
             debiased = debiased_weights(timesteps, a, kind)
             weights = debiased if weights is None else weights * debiased
@@ -429,7 +437,8 @@ class PixelLoRAModule(L.LightningModule):
         mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
 
         def loss(latents, embeds, timesteps, noise):
-            return self.compute_loss(latents, embeds, timesteps, noise, mask=mask)
+            plain = self.hparams.validation_loss == "mse"
+            return self.compute_loss(latents, embeds, timesteps, noise, mask=mask, plain=plain)
 
         total = batch_loss_sum(loss, latents, embeds, index, timesteps, seed)
         self.val_sums.add(SPLITS[dataloader_idx], total, len(index))
