@@ -22,9 +22,17 @@ def digests(folder: Path) -> dict[str, str]:
     }
 
 
-def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(tmp_path):
-    steps = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
-    first = pretrain_tiny_punks("sdxl", tmp_path / "a", seed=5, **steps)
+STEPS = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
+
+
+@pytest.fixture(scope="module")
+def seed5(tmp_path_factory) -> Path:
+    """A few steps of the SDXL recipe from seed 5 (two tests compare against it)."""
+    return pretrain_tiny_punks("sdxl", tmp_path_factory.mktemp("pretrain") / "seed5", seed=5, **STEPS)
+
+
+def test_the_same_seed_gives_the_same_weights_and_another_seed_other_weights(tmp_path, seed5):
+    steps, first = STEPS, seed5
     again = pretrain_tiny_punks("sdxl", tmp_path / "b", seed=5, **steps)
     other = pretrain_tiny_punks("sdxl", tmp_path / "c", seed=6, **steps)
     assert digests(first) == digests(again)
@@ -93,12 +101,11 @@ def test_punk_image_is_the_demo_set_image(tmp_path):
     assert torch.equal(punk_image(2, "neon"), saved)
 
 
-def test_the_background_recipe_changes_only_the_unet_training(tmp_path):
+def test_the_background_recipe_changes_only_the_unet_training(tmp_path, seed5):
     """--noise_offset / --high_noise_weight reach the UNet's training (other weights), not the VAE's."""
-    steps = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
-    plain = pretrain_tiny_punks("sdxl", tmp_path / "a", seed=5, **steps)
+    plain = seed5
     weighted = pretrain_tiny_punks(
-        "sdxl", tmp_path / "b", seed=5, noise_offset=0.1, high_noise_weight=20, **steps
+        "sdxl", tmp_path / "b", seed=5, noise_offset=0.1, high_noise_weight=20, **STEPS
     )
     a, b = digests(plain), digests(weighted)
     assert a["vae/diffusion_pytorch_model.safetensors"] == b["vae/diffusion_pytorch_model.safetensors"]

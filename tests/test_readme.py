@@ -2,10 +2,11 @@
 
 Offline, the way a user without a download would run them: hub ids become the tiny specs of the same
 family, ``~/bespokepunks`` is a folder of demo punks in a temporary ``$HOME``, and the real configs'
-runs are cut to one batch per epoch and one two-step sample (``SMALL_RUN``), generating with their LoRA
-to two steps, the pretraining to a few steps measured on two samples. A command whose comment says ``[download]`` or
-``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the test command ``.ci/run`` runs.
-The kohya configs find the same punks in ``train/10_bespokepunks`` (kohya's folder naming).
+runs are cut to one batch per epoch, one two-step sample and a one-timestep validation (``SMALL_RUN``),
+generating with their LoRA to two steps, the pretraining to a few steps measured on two samples. A command
+whose comment says ``[download]`` or ``[gpu]`` is not run (and must say so); ``python -m pytest -q`` is the
+test command ``.ci/run`` runs. The kohya configs find the same punks in ``train/10_bespokepunks`` (kohya's
+folder naming).
 """
 
 import os
@@ -29,10 +30,11 @@ HUB_IDS = {
     "runwayml/stable-diffusion-v1-5": "tiny:sd15",
 }
 # At the real configs' 960 / 576 px even the tiny VAE is slow on a CPU: one batch per epoch, its own
-# images encoded (no cache of all 48), one prompt of two steps sampled, two images round-tripped.
+# images encoded (no cache of all 48), one prompt of two steps sampled, two images round-tripped, the
+# validation (3 held-out punks and 3 training ones) at one timestep instead of four.
 SMALL_RUN = (
     "--trainer.limit_train_batches 1 --model.cache_latents false --sample.steps 2 --sample.num_prompts 1 "
-    "--roundtrip.max_images 2"
+    "--roundtrip.max_images 2 --model.validation_timesteps 1"
 )
 FAST = {
     "configs/sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN}",
