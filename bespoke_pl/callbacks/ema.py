@@ -57,6 +57,7 @@ class LoRAEMA(L.Callback):
         self.decay, self.warmup, self.save = decay, warmup, save
         self.use_for_samples, self.use_for_validation = use_for_samples, use_for_validation
         self.shadow: list[torch.Tensor] | None = None
+        self.params: list[torch.nn.Parameter] = []  # the module's trainable parameters, listed once per fit
         self.updates = 0
         self._last_step = -1
         self._pending: dict | None = None
@@ -68,7 +69,7 @@ class LoRAEMA(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.active:
             return
-        params = pl_module.trainable_parameters()
+        params = self.params = pl_module.trainable_parameters()
         if self._pending is not None:  # resumed: the checkpoint was read before this hook
             saved = self._pending["shadow"]
             if len(saved) != len(params) or any(
@@ -88,9 +89,8 @@ class LoRAEMA(L.Callback):
             return
         self._last_step = trainer.global_step
         weight = 1.0 - ema_decay(self.decay, self.updates, self.warmup)
-        with torch.no_grad():
-            params = [p.detach().float() for p in pl_module.trainable_parameters()]
-            torch._foreach_lerp_(self.shadow, params, weight)
+        with torch.no_grad():  # LoRA parameters train in float32, as the average is kept
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
         self.updates += 1
 
     @contextlib.contextmanager

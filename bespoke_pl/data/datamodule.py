@@ -248,6 +248,7 @@ class PixelArtDataModule(L.LightningDataModule):
             raise ValueError("give data.val_split or data.val_root, not both")
         self.pairs: PixelPairs | None = None
         self.val_pairs: PixelPairs | None = None
+        self._train_subset: PixelPairs | None = None
         self.train_set: PixelPairDataset | None = None
         self.epoch_order: EpochOrder | None = None
 
@@ -297,10 +298,12 @@ class PixelArtDataModule(L.LightningDataModule):
 
         The second set is measured the same way, so the gap between the two losses shows overfitting.
         """
+        train = self.load()  # splits off val_pairs
         if self.val_pairs is None:
             return []
-        train = self.load()
-        return [self.val_pairs, train.subset(spread(len(train.captions), len(self.val_pairs.captions)))]
+        if self._train_subset is None:  # asked for by setup, the loaders and the module: chosen once
+            self._train_subset = train.subset(spread(len(train.captions), len(self.val_pairs.captions)))
+        return [self.val_pairs, self._train_subset]
 
     def prepare_data(self) -> None:
         # Builds the demo set once (rank zero) when ``root`` names it; a no-op for a real folder.

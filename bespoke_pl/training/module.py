@@ -347,17 +347,17 @@ class PixelLoRAModule(L.LightningModule):
         noisy_input = perturb_noise(noise, h.ip_noise_gamma) if drawn else noise
         noisy = add_noise(latents, noisy_input, timesteps, self.alphas_cumprod)
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
+        prediction = self.predict(noisy, timesteps, embeds)
+        if plain:
+            return diffusion_loss(prediction, target, None, "l2", None, mask)
         a, kind = self.alphas_cumprod, self.prediction_type
         weights = min_snr_weights(timesteps, a, h.min_snr_gamma, kind) if h.min_snr_gamma else None
-        if plain:
-            return diffusion_loss(self.predict(noisy, timesteps, embeds), target, None, "l2", None, mask)
         if h.debiased_estimation:
             debiased = debiased_weights(timesteps, a, kind)
             weights = debiased if weights is None else weights * debiased
         huber_c = None
         if h.loss_type in ("huber", "smooth_l1"):
             huber_c = huber_threshold(timesteps, a, h.huber_c, h.huber_schedule)
-        prediction = self.predict(noisy, timesteps, embeds)
         return diffusion_loss(prediction, target, weights, h.loss_type, huber_c, mask)
 
     def loss_mask(self, alpha: torch.Tensor | None, latent_size: tuple[int, int]) -> torch.Tensor | None:
@@ -377,7 +377,8 @@ class PixelLoRAModule(L.LightningModule):
         index = batch["index"]
         latents = self.latent_cache[index] if self.latent_cache else self.encode_images(batch["pixels"])
         embeds = self.text_cache[index] if self.text_cache else self.encode_text(list(batch["caption"]))
-        if self.latent_cache and self.latent_cache.masks is not None:
+        # A cache built from pairs with an alpha holds their masks; else the batch's alpha (or none) is used.
+        if self.latent_cache:
             mask = self.latent_cache.mask(index)
         else:
             mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
@@ -429,12 +430,15 @@ class PixelLoRAModule(L.LightningModule):
         (``dataloader_idx`` 0) or of the training subset (1)."""
         index = batch["index"]
         if self.validation is not None:
-            latents, embeds = self.validation.lookup(self, dataloader_idx, index, list(batch["caption"]))
+            latents, embeds, mask = self.validation.lookup(
+                self, dataloader_idx, index, list(batch["caption"])
+            )
         else:  # validation outside fit (no caches built)
-            latents, embeds = self.encode_images(batch["pixels"]), self.encode_text(list(batch["caption"]))
+            latents = self.encode_images(batch["pixels"], mean=True)
+            embeds = self.encode_text(list(batch["caption"]))
+            mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
         timesteps = fixed_timesteps(self.hparams.validation_timesteps, len(self.alphas_cumprod))
         seed = self.hparams.validation_seed + dataloader_idx  # the subset's noise is not the held-out's
-        mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
 
         def loss(latents, embeds, timesteps, noise):
             plain = self.hparams.validation_loss == "mse"

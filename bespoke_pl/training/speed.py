@@ -37,6 +37,32 @@ def _frozen_parts(module) -> list[torch.nn.Module]:
     return parts
 
 
+def latent_key(module) -> str:
+    """What a latent depends on besides its pixels: the VAE's weights and ``pixel_scale``.
+
+    Hashing the VAE reads all its weights, so it is done once per module (the VAE is frozen).
+    """
+    if getattr(module, "_latent_key", None) is None:
+        module._latent_key = f"{module_fingerprint(module.vae)}|k={module.hparams.pixel_scale}"
+    return module._latent_key
+
+
+def cache_latents(module, pairs) -> LatentCache:
+    """The posterior-mean latents of ``pairs`` on the module's device (from the disk cache where there),
+    with their loss masks when the pairs carry an alpha (``data.alpha_mask``)."""
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return module.encode_images(pixels, mean=True)
+
+    built = LatentCache.build(
+        pairs.images, encode, cache_dir=module.hparams.latent_cache_dir, key_extra=latent_key(module)
+    )
+    latents = built.latents.to(module.device)
+    alphas = getattr(pairs, "alphas", None)
+    masks = module.loss_mask(alphas, latents.shape[-2:]) if alphas is not None else None
+    return LatentCache(latents, masks)
+
+
 def build_caches(module, datamodule) -> None:
     """Fill the latent and text caches when valid (logging why not otherwise), then offload.
 
@@ -55,14 +81,7 @@ def build_caches(module, datamodule) -> None:
         if refusal:
             log.warning("latent cache off: %s", refusal)
         else:
-            key = f"{module_fingerprint(module.vae)}|k={h.pixel_scale}"
-            cache = LatentCache.build(
-                pairs.images, module.encode_images, cache_dir=h.latent_cache_dir, key_extra=key
-            )
-            latents = cache.latents.to(module.device)
-            alphas = getattr(pairs, "alphas", None)  # data.alpha_mask: the loss mask rides with the latents
-            masks = module.loss_mask(alphas, latents.shape[-2:]) if alphas is not None else None
-            module.latent_cache = LatentCache(latents, masks)
+            module.latent_cache = cache_latents(module, pairs)
     if h.cache_text:
         refusal = text_cache_refusal(
             h.train_text_encoder, train_set.caption_dropout, train_set.shuffle_captions

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bespoke_pl.training.cache import LatentCache, TextCache, module_fingerprint
+from bespoke_pl.training.cache import LatentCache, TextCache
+from bespoke_pl.training.speed import cache_latents
 
 # Logged names; ``val/loss`` is the one to monitor (checkpoint.monitor, EarlyStopping).
 VAL_LOSS, TRAIN_SUBSET_LOSS, GAP = "val/loss", "val/train_loss", "val/gap"
@@ -113,22 +114,15 @@ class ValidationCaches:
     def build(cls, module, sets) -> ValidationCaches:
         """Encode each split of ``sets`` (the data module's ``validation_sets()``) with ``module``."""
         h = module.hparams
-        key = f"{module_fingerprint(module.vae)}|k={h.pixel_scale}"
-
-        def encode(pixels):
-            return module.encode_images(pixels, mean=True)
-
-        latents = [
-            LatentCache(LatentCache.build(s.images, encode, cache_dir=h.latent_cache_dir, key_extra=key)
-                        .latents.to(module.device))
-            for s in sets
-        ]  # fmt: skip
+        latents = [cache_latents(module, s) for s in sets]
         embeds = (
             None if h.train_text_encoder else [TextCache.build(s.captions, module.encode_text) for s in sets]
         )
         return cls(latents, embeds)
 
     def lookup(self, module, split: int, index: torch.Tensor, captions: list[str]):
-        """(latents, prompt embeddings) of a validation batch; captions are encoded now if not cached."""
+        """(latents, prompt embeddings, loss masks or None) of a validation batch; captions are encoded now
+        if not cached."""
         embeds = self.embeds[split][index] if self.embeds is not None else module.encode_text(captions)
-        return self.latents[split][index], embeds
+        latents = self.latents[split]
+        return latents[index], embeds, latents.mask(index)
