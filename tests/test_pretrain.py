@@ -22,7 +22,7 @@ def digests(folder: Path) -> dict[str, str]:
     }
 
 
-STEPS = {"vae_steps": 4, "decoder_steps": 2, "unet_steps": 3, "batch_size": 2}
+STEPS = {"vae_steps": 4, "decoder_steps": 2, "refine_steps": 2, "unet_steps": 3, "batch_size": 2}
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +69,20 @@ def test_shipped_bases_are_small_diffusers_folders_named_by_spec():
 def test_shipped_vae_round_trips_both_demo_styles():
     vae = load_base("tiny-punks:sdxl").vae
     base, neon = (float(line.split("%")[0].split()[-1]) for line in vae_report(vae))
-    # Measured: 98.46% and 97.45% of the pixels exact after snap and palette lock at pixel_scale 8.
-    assert base >= 98.0 and neon >= 97.0, (base, neon)
+    # Measured: 98.57% and 98.42% of the pixels exact after snap and palette lock at pixel_scale 8.
+    assert base >= 98.0 and neon >= 98.0, (base, neon)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd15"])
 def test_shipped_base_draws_base_style_heads(family):
     # Measured on the shipped weights (README, "Tiny bases"); a random tiny base scores a silhouette IoU
-    # of about 0.43 and no faces of either style. The grainy backgrounds keep torso_share and the prompted
-    # background far from the aim: see issue 9's closing note.
+    # of about 0.43 and no faces of either style. The grain on the backgrounds keeps the raw silhouettes
+    # and the torso share from the aim (IoU 0.8, no torsos): see issue 9's closing note.
     values = measure_base(f"tiny-punks:{family}")
-    assert values["silhouette_iou"] >= 0.6, values
+    assert values["art/silhouette_iou"] >= 0.8 and values["silhouette_iou"] >= 0.7, values
     assert values["grid_fidelity"] >= 0.9, values
-    assert values["base_share"] >= 0.5 and values["neon_share"] <= 0.4, values
+    assert values["base_share"] >= 0.8 and values["neon_share"] <= 0.1, values
+    assert values["background_match"] >= 0.8, values
 
 
 def test_pretrain_tiny_command_measures_a_base(capsys):
@@ -103,10 +104,8 @@ def test_punk_image_is_the_demo_set_image(tmp_path):
 
 def test_the_background_recipe_changes_only_the_unet_training(tmp_path, seed5):
     """--noise_offset / --high_noise_weight reach the UNet's training (other weights), not the VAE's."""
-    plain = seed5
-    weighted = pretrain_tiny_punks(
-        "sdxl", tmp_path / "b", seed=5, noise_offset=0.1, high_noise_weight=20, **STEPS
-    )
+    weighted = seed5  # the defaults: noise offset 0.1, high-noise weight 20
+    plain = pretrain_tiny_punks("sdxl", tmp_path / "b", seed=5, noise_offset=0, high_noise_weight=1, **STEPS)
     a, b = digests(plain), digests(weighted)
     assert a["vae/diffusion_pytorch_model.safetensors"] == b["vae/diffusion_pytorch_model.safetensors"]
     assert a["unet/diffusion_pytorch_model.safetensors"] != b["unet/diffusion_pytorch_model.safetensors"]

@@ -44,7 +44,7 @@ FAST = {
     "--config kohya-sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN} --trainer.max_epochs 1 "
     "--sample.every_n_epochs 0 --model.pixel_scale 8",
     "--lora logs/bespoke-sdxl/": "--steps 2",
-    "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --unet_steps 2 --batch_size 2 --samples 2",
+    "pretrain-tiny --family": "--vae_steps 2 --decoder_steps 2 --refine_steps 2 --unet_steps 2 --batch_size 2 --samples 2",
 }
 
 

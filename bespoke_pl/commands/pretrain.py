@@ -19,6 +19,7 @@ def pretrain_tiny(
     seed: int = 0,
     vae_steps: int = 4000,
     decoder_steps: int = 1000,
+    refine_steps: int = 900,
     unet_steps: int = 5000,
     batch_size: int = 16,
     vae_from: str | None = None,
@@ -39,14 +40,15 @@ def pretrain_tiny(
         seed: Seed of the start weights, the data stream and the noise.
         vae_steps: VAE optimizer steps (skipped with ``vae_from``).
         decoder_steps: Decoder-only fine-tuning steps after them.
+        refine_steps: Steps of a second decoder fine-tune (any skin colour, a little latent noise).
         unet_steps: UNet optimizer steps.
         batch_size: Images per step.
         vae_from: A tiny-punks folder whose VAE to reuse instead of training one.
         threads: CPU threads; the same seed and thread count give the same weights.
         measure: Measure this base instead of pretraining.
         samples: How many samples the figures are measured on (the issue of record's bar: 16).
-        noise_offset: Noise offset of the UNet training (0: the shipped bases' recipe; 0.1 with
-            ``high_noise_weight 20`` makes the samples follow the prompted background).
+        noise_offset: Noise offset of the UNet training (with ``high_noise_weight`` 20 it makes the
+            samples follow the prompted background; 0 and 1: plain epsilon MSE, the first bases' recipe).
         high_noise_weight: Cap of the UNet loss's high-noise weight ``1 / alpha_bar`` (1: plain epsilon MSE).
     """
     from bespoke_pl.training.measure import measure_base
@@ -62,7 +64,7 @@ def pretrain_tiny(
         started = time.perf_counter()
         measure = str(pretrain_tiny_punks(
             family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from,
-            noise_offset, high_noise_weight,
+            noise_offset, high_noise_weight, refine_steps,
         ))  # fmt: skip
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"

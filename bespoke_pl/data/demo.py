@@ -213,13 +213,14 @@ def _hair_pixels(style: str, top: int, left: int, right: int, variant: int) -> s
     return set()
 
 
-def draw_punk(traits: PunkTraits, style: str = "base") -> Image.Image:
-    """Draws the traits as a 24x24 opaque RGB image: a head and neck, no torso, in ``style``'s skin tones."""
+def draw_punk(traits: PunkTraits, style: str = "base", skin: RGB | None = None) -> Image.Image:
+    """Draws the traits as a 24x24 opaque RGB image: a head and neck, no torso, in ``style``'s skin tones
+    (or in ``skin``, one colour whatever the trait, which the tiny VAE's decoder trains on)."""
     t = traits
     top, left, right, ear = (5, 7, 16, 6) if t.gender == "male" else (6, 8, 15, 7)
     canvas = np.empty((SIZE, SIZE, 3), np.uint8)
     canvas[:] = BACKGROUNDS[t.background]
-    skin = SKIN_TONES[style][t.skin]
+    skin = SKIN_TONES[style][t.skin] if skin is None else skin
     head = {(x, y) for y in range(SIZE) if (s := _span(y, top, left, right)) for x in range(s[0], s[1] + 1)}
     _fill(canvas, head | _rect(ear, ear, 10, 12), skin)
     canvas[20, 11:13] = _scale(skin, 0.7)  # shadow under the chin

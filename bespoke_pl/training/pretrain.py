@@ -4,14 +4,15 @@ Random tiny models (:mod:`bespoke_pl.offline.tiny`) draw noise, so nothing train
 recipe turns one into a small but real text-to-image model, on CPU and from a fixed seed:
 
 1. the VAE (the same ``AutoencoderKL``, 8x down, 4 latent channels) as a KL autoencoder on nearest-upscaled
-   art: base-style punks and random flat-colour pixel art, so it codes colours it never saw in a punk;
+   art: base-style punks and random flat-colour pixel art, so it codes colours it never saw in a punk,
+   then its decoder alone, lastly also on punks of random skin colours (the UNet never sees those);
    its ``scaling_factor`` is then measured (1 / std of the latents), as SD's was;
 2. the UNet as an epsilon-prediction denoiser of those latents, conditioned on the captions through the
    text encoders (trained with it) with the trainer's own clip skip, pooled embedding and SDXL time ids
    (:func:`bespoke_pl.diffusion.conditioning.predict_noise`); captions are dropped 10% of the time so
    classifier-free guidance works; the saved weights are an exponential moving average. Offset noise and
-   a loss weighted up at high noise (``--noise_offset 0.1 --high_noise_weight 20``) make it take the
-   background from the caption (:func:`train_unet`); the shipped bases predate them (defaults 0 and 1).
+   a loss weighted up at high noise (``noise_offset`` 0.1, ``high_noise_weight`` 20, the defaults) make it
+   take the background from the caption (:func:`train_unet`).
 
 The data is an endless stream of base-style punks (:mod:`bespoke_pl.data.demo`), drawn fresh for every
 batch. The result is an ordinary diffusers folder; ``tiny-punks:sdxl`` / ``tiny-punks:sd15`` name the
@@ -48,6 +49,7 @@ from bespoke_pl.training.pretrain_vae import (
     measured_scaling_factor,
     polish_decoder,
     punk_batch,
+    refine_decoder,
     train_vae,
     vae_report,
 )
@@ -55,11 +57,10 @@ from bespoke_pl.training.pretrain_vae import (
 log = logging.getLogger(__name__)
 
 CLIP_SKIP = {"sd15": 1, "sdxl": 2}  # what the shipped configs train with
-# The UNet recipe of the shipped bases: plain epsilon MSE. noise_offset 0.1 with high_noise_weight 20 makes
-# the samples follow the prompted background (16 of 16 against 3 of 16, see train_unet); the shipped
-# weights are not regenerated with it yet, so the defaults reproduce them.
-NOISE_OFFSET = 0.0
-HIGH_NOISE_WEIGHT = 1.0
+# The UNet recipe of the shipped bases: with noise_offset 0.1 and high_noise_weight 20 the samples follow
+# the prompted background (16 of 16 against 3 of 16 with plain epsilon MSE, 0 and 1; see train_unet).
+NOISE_OFFSET = 0.1
+HIGH_NOISE_WEIGHT = 20.0
 
 
 def train_unet(
@@ -77,8 +78,8 @@ def train_unet(
     MSE barely asks for it: a flat background is the image's largest, lowest-frequency part, visible in
     x_t down to a signal-to-noise ratio of a few percent, so the loss only needs the caption where it weighs
     an x_0 error by that tiny SNR. ``noise_offset`` and ``high_noise_weight`` (below) make the caption pay;
-    ``noise_offset=0, high_noise_weight=1`` is the first shipped recipe, whose samples took their background
-    from the start noise (the prompted one in 3 of 16 samples, about chance).
+    ``noise_offset=0, high_noise_weight=1`` was the first shipped bases' recipe, whose samples took their
+    background from the start noise (the prompted one in 3 of 16 samples, about chance).
 
     Args:
         unet: The UNet to train.
@@ -155,6 +156,7 @@ def pretrain_tiny_punks(
     vae_from: str | Path | None = None,
     noise_offset: float = NOISE_OFFSET,
     high_noise_weight: float = HIGH_NOISE_WEIGHT,
+    refine_steps: int = 900,
 ) -> Path:
     """Pretrain a tiny base and write it as a diffusers folder ``out`` (which must not exist or be empty).
 
@@ -165,6 +167,7 @@ def pretrain_tiny_punks(
             the same seed on the same CPU and thread count gives the same weights.
         vae_steps: VAE optimizer steps (skipped with ``vae_from``).
         decoder_steps: Steps of decoder-only fine-tuning after them (:func:`polish_decoder`).
+        refine_steps: Steps of the second decoder fine-tune (:func:`refine_decoder`), after the first.
         unet_steps: UNet optimizer steps.
         batch_size: Images per step (the VAE's crops: twice as many; its whole images: half as many).
         vae_from: A tiny-punks folder whose trained VAE to reuse (both families share one).
@@ -186,6 +189,7 @@ def pretrain_tiny_punks(
             vae = base.vae
             train_vae(vae, vae_steps, batch_size, seed)
             polish_decoder(vae, decoder_steps, batch_size, seed + 3)
+            refine_decoder(vae, refine_steps, batch_size, seed + 4)
             vae.register_to_config(scaling_factor=measured_scaling_factor(vae, seed + 1))
         vae_done = time.perf_counter()
         for line in vae_report(vae):
