@@ -1,9 +1,10 @@
 """Training teaches: a LoRA on a pretrained tiny base learns the neon demo style in a few dozen steps.
 
 The pretrained bases (``tiny-punks:*``) draw base-style punks; the demo set is the same punks in neon
-skin tones. After 72 steps at least 6 of 8 samples' faces must be neon where at most 3 of the base's
-were (the bases' grainy faces sometimes land nearer a neon tone: SDXL 1 of 8, SD 1.5 3 of 8). The same check fails on purposely broken trainers (below), so it can tell a
-working trainer from one that only runs.
+skin tones. After 72 steps of the demo config (LoRA on the UNet and the text encoders) at least 6 of 8
+samples' faces must be neon where none of the base's were (the issue of record's bar: at most 10%, at
+least 70%). The same check fails on purposely broken trainers (below), so it can tell a working trainer
+from one that only runs.
 """
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def failures(values: dict[str, list[float]]) -> list[str]:
     """What a run that learned the style would not show; empty when it learned."""
     (before, after) = values["demo/neon_share"]
     problems = []
-    if before > 0.4:
+    if before > 0.1:
         problems.append(f"the base already draws neon faces ({before:.2f})")
     if after < 0.75:
         problems.append(f"only {after:.2f} of the trained samples have neon faces (need 0.75)")
@@ -77,9 +78,10 @@ def _text_conditioning_zeroed(monkeypatch):
 
 
 def _lora_scale_zero(monkeypatch):
+    import bespoke_pl.lora.inject
     import bespoke_pl.training.module
 
-    add_lora = bespoke_pl.training.module.add_lora
+    add_lora = bespoke_pl.lora.inject.add_lora
 
     def unscaled(model, *args, **kwargs):
         add_lora(model, *args, **kwargs)
@@ -89,7 +91,9 @@ def _lora_scale_zero(monkeypatch):
                 layer.lora_alpha = dict.fromkeys(layer.lora_alpha, 0.0)
                 layer.scaling = dict.fromkeys(layer.scaling, 0.0)
 
+    # Both names: the UNet's LoRA is added through the module's, the text encoders' through inject's own.
     monkeypatch.setattr(bespoke_pl.training.module, "add_lora", unscaled)
+    monkeypatch.setattr(bespoke_pl.lora.inject, "add_lora", unscaled)
 
 
 BROKEN = {

@@ -9,8 +9,8 @@ from bespoke_pl.data.demo_style import demo_measures
 from bespoke_pl.diffusion.base import load_base
 from bespoke_pl.diffusion.conditioning import encode_prompts
 from bespoke_pl.diffusion.sampling import build_pipeline, generate
-from bespoke_pl.pixelart.grid import reduce_blocks
 from bespoke_pl.pixelart.metrics import PixelArtQuality
+from bespoke_pl.pixelart.palette import palette_of, to_art
 from bespoke_pl.training.pretrain import CLIP_SKIP
 from bespoke_pl.training.pretrain_vae import PIXEL_SCALE, punk_image
 
@@ -27,8 +27,10 @@ def measure_base(
     """Generate ``count`` demo punks from a base alone and measure them as the issue of record asks.
 
     The prompts are the captions of the first ``count`` demo punks (what the base was trained on); the
-    references are the first 48 punks of ``style``. Returns the quality metrics (``silhouette_iou``,
-    ``torso_share``, ``grid_fidelity`` of the raw decode, ...) and the demo measures (``background_match``,
+    references are the first 48 punks of ``style``. Returns the quality metrics of the snapped decodes
+    (``silhouette_iou``, ``torso_share``, ``grid_fidelity`` of the raw decode, ...), the same metrics
+    prefixed ``art/`` on the samples locked to the references' palette (what the trainer saves and logs as
+    ``quality/art/*``), and the demo measures of the snapped decodes (``background_match``,
     ``base_share``, ``neon_share``).
 
     Args:
@@ -53,9 +55,11 @@ def measure_base(
     seeds = list(range(seed, seed + count))
     raw = generate(pipe, encode, captions, seeds, 24 * PIXEL_SCALE, "", steps, guidance_scale)
     reference = torch.stack([punk_image(i, style) for i in range(48)])
-    quality = PixelArtQuality(reference, PIXEL_SCALE, sync_on_compute=False)
-    snapped = reduce_blocks(raw, PIXEL_SCALE)
-    quality.update(snapped, raw=raw)
-    values = {name: float(value) for name, value in quality.compute().items()}
-    values |= demo_measures(snapped, captions)
-    return values
+    snapped, art = to_art(raw, PIXEL_SCALE, palette_of(reference))
+    values = {}
+    # As the trainer's samples: grid fidelity judges the decodes, so the locked art has none.
+    for grid, decoded, k, prefix in ((snapped, raw, PIXEL_SCALE, ""), (art, None, 1, "art/")):
+        quality = PixelArtQuality(reference, k, prefix=prefix, sync_on_compute=False)
+        quality.update(grid, raw=decoded)
+        values |= {name: float(value) for name, value in quality.compute().items()}
+    return values | demo_measures(snapped, captions)
