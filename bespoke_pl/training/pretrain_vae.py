@@ -32,9 +32,9 @@ def punk_batch(rng: random.Random, size: int, style: str = "base") -> tuple[torc
     return torch.stack([punk_tensor(t, style) for t in traits]), [caption(t) for t in traits]
 
 
-def punk_tensor(traits, style: str = "base") -> torch.Tensor:
-    """One drawn punk as uint8 (3, 24, 24)."""
-    return torch.from_numpy(np.array(draw_punk(traits, style))).permute(2, 0, 1)
+def punk_tensor(traits, style: str = "base", skin: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """One drawn punk as uint8 (3, 24, 24); ``skin``: one colour for the skin instead of ``style``'s."""
+    return torch.from_numpy(np.array(draw_punk(traits, style, skin))).permute(2, 0, 1)
 
 
 def random_art(rng: random.Random, size: int) -> torch.Tensor:
@@ -167,9 +167,7 @@ def recoloured_punks(rng: random.Random, size: int) -> torch.Tensor:
     """
     traits = [sample_traits(rng) for _ in range(size)]
     skins = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(size)]
-    return torch.stack([
-        torch.from_numpy(np.array(draw_punk(t, skin=s))).permute(2, 0, 1) for t, s in zip(traits, skins, strict=True)
-    ])  # fmt: skip
+    return torch.stack([punk_tensor(t, skin=s) for t, s in zip(traits, skins, strict=True)])
 
 
 def refine_decoder(
@@ -189,14 +187,17 @@ def refine_decoder(
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     images = batch_size // 2
-    plain, art = images // 4, (images - images // 4) // 2
-    noisy = images // 4
+    plain = noisy = images // 4  # as many noised random-art images at the end as base punks at the start
+    art = (images - plain) // 2
     unscaled = latent_noise / vae.config.scaling_factor
+    parts = [
+        (lambda r, n: punk_batch(r, n)[0], plain),
+        (recoloured_punks, images - plain - art),
+        (random_art, art),
+    ]
 
     def batches(step: int) -> torch.Tensor:
-        parts = [(punk_batch, plain), (recoloured_punks, images - plain - art), (random_art, art)]
-        drawn = [draw(rng, n) for draw, n in parts if n]  # tiny test batches leave some parts empty
-        return torch.cat([d[0] if isinstance(d, tuple) else d for d in drawn])
+        return torch.cat([draw(rng, n) for draw, n in parts if n])  # tiny test batches leave parts empty
 
     def loss(batch: torch.Tensor):
         noise = torch.zeros(len(batch))
