@@ -109,3 +109,31 @@ def test_the_background_recipe_changes_only_the_unet_training(tmp_path, seed5):
     a, b = digests(plain), digests(weighted)
     assert a["vae/diffusion_pytorch_model.safetensors"] == b["vae/diffusion_pytorch_model.safetensors"]
     assert a["unet/diffusion_pytorch_model.safetensors"] != b["unet/diffusion_pytorch_model.safetensors"]
+
+
+def test_unet_from_goes_on_training_the_unet_and_keeps_the_rest(tmp_path, seed5):
+    """A second UNet stage from a trained folder: same weights on a rerun, the VAE and tokenizers kept."""
+    steps = {"unet_steps": 2, "batch_size": 2, "unet_lr": 3e-4}
+    more = pretrain_tiny_punks("sdxl", tmp_path / "more", seed=1, unet_from=seed5, **steps)
+    again = pretrain_tiny_punks("sdxl", tmp_path / "again", seed=1, unet_from=seed5, **steps)
+    before, after = digests(seed5), digests(more)
+    assert after == digests(again)
+    assert (
+        after["vae/diffusion_pytorch_model.safetensors"] == before["vae/diffusion_pytorch_model.safetensors"]
+    )
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert after[part] != before[part], part
+    for name in ("tokenizer/vocab.json", "tokenizer_2/merges.txt", "scheduler/scheduler_config.json"):
+        assert (more / name).read_bytes() == (seed5 / name).read_bytes(), name
+
+
+def test_pretrain_tiny_refuses_a_wrong_start_before_training(tmp_path, seed5, capsys):
+    wrong = {
+        "is an sdxl model, not --family sd15": ["--family", "sd15", "--unet_from", str(seed5)],
+        "is not a tiny-punks folder (no unet/ or vae/)": ["--unet_from", str(tmp_path)],
+    }
+    for message, args in wrong.items():
+        with pytest.raises(SystemExit) as refused:
+            main(["pretrain-tiny", "--out", str(tmp_path / "out"), *args])
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

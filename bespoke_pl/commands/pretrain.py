@@ -23,6 +23,8 @@ def pretrain_tiny(
     unet_steps: int = 5000,
     batch_size: int = 16,
     vae_from: str | None = None,
+    unet_from: str | None = None,
+    unet_lr: float = 1e-3,
     threads: int = 2,
     measure: str | None = None,
     samples: int = 16,
@@ -44,6 +46,9 @@ def pretrain_tiny(
         unet_steps: UNet optimizer steps.
         batch_size: Images per step.
         vae_from: A tiny-punks folder whose VAE to reuse instead of training one.
+        unet_from: A tiny-punks folder (or ``tiny-punks:<family>``) to go on training: its UNet and text
+            encoders start the UNet stage, its VAE is kept; ``--unet_steps`` more steps at ``--unet_lr``.
+        unet_lr: Peak learning rate of the UNet stage (cosine after 200 warm-up steps).
         threads: CPU threads; the same seed and thread count give the same weights.
         measure: Measure this base instead of pretraining.
         samples: How many samples the figures are measured on (the issue of record's bar: 16).
@@ -58,13 +63,15 @@ def pretrain_tiny(
         folder = new_folder("--out", out or f"tiny-punks-{family}")
         if vae_from is not None and not (Path(vae_from).expanduser() / "vae").is_dir():
             raise ConfigError(f"--vae_from {vae_from} is not a tiny-punks folder (it has no vae/ folder)")
+        if unet_from is not None:
+            _check_start(unet_from, family)
     torch.set_num_threads(threads)
     lines = []
     if measure is None:
         started = time.perf_counter()
         measure = str(pretrain_tiny_punks(
             family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from,
-            noise_offset, high_noise_weight, refine_steps,
+            noise_offset, high_noise_weight, refine_steps, unet_from, unet_lr,
         ))  # fmt: skip
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"
@@ -72,6 +79,16 @@ def pretrain_tiny(
     values = measure_base(measure, count=samples)
     lines.append(f"{measure}, {samples} samples: " + " ".join(f"{k}={v:.3f}" for k, v in values.items()))
     return "\n".join(lines)
+
+
+def _check_start(unet_from: str, family: str) -> None:
+    from bespoke_pl.diffusion.base import family_of_folder, resolve_spec
+
+    folder = Path(resolve_spec(unet_from)).expanduser()
+    if not (folder / "unet").is_dir() or not (folder / "vae").is_dir():
+        raise ConfigError(f"--unet_from {unet_from}: {folder} is not a tiny-punks folder (no unet/ or vae/)")
+    if (found := family_of_folder(folder)) != family:
+        raise ConfigError(f"--unet_from {unet_from} is an {found} model, not --family {family}")
 
 
 def command(argv: list[str]) -> None:

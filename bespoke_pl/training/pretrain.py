@@ -157,6 +157,8 @@ def pretrain_tiny_punks(
     noise_offset: float = NOISE_OFFSET,
     high_noise_weight: float = HIGH_NOISE_WEIGHT,
     refine_steps: int = 900,
+    unet_from: str | Path | None = None,
+    unet_lr: float = 1e-3,
 ) -> Path:
     """Pretrain a tiny base and write it as a diffusers folder ``out`` (which must not exist or be empty).
 
@@ -171,17 +173,26 @@ def pretrain_tiny_punks(
         unet_steps: UNet optimizer steps.
         batch_size: Images per step (the VAE's crops: twice as many; its whole images: half as many).
         vae_from: A tiny-punks folder whose trained VAE to reuse (both families share one).
+        unet_from: A tiny-punks folder of ``family`` to go on training: its UNet and text encoders are the
+            start instead of random weights, its VAE (unless ``vae_from``) is kept, and the output is that
+            folder with the further-trained parts. A second cosine cycle from a trained model at a lower
+            ``unet_lr`` is how the shipped bases got longer training without redoing the first.
+        unet_lr: Peak learning rate of the UNet stage.
         noise_offset: See :func:`train_unet`.
         high_noise_weight: See :func:`train_unet`.
     """
     from diffusers import AutoencoderKL
 
-    from bespoke_pl.diffusion.base import load_base
+    from bespoke_pl.diffusion.base import load_base, resolve_spec
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        start = write_tiny_model(family, Path(scratch) / "start", seed=seed)
+        if unet_from is not None:
+            start = Path(resolve_spec(str(unet_from))).expanduser()
+            vae_from = start if vae_from is None else vae_from
+        else:
+            start = write_tiny_model(family, Path(scratch) / "start", seed=seed)
         base = load_base(str(start), family)
         if vae_from is not None:
             vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae")
@@ -197,12 +208,12 @@ def pretrain_tiny_punks(
         vae.eval().requires_grad_(False)
         train_unet(
             base.unet, vae, base.tokenizers, base.text_encoders, family, base.scheduler_config,
-            unet_steps, batch_size, seed + 2, noise_offset=noise_offset,
+            unet_steps, batch_size, seed + 2, lr=unet_lr, noise_offset=noise_offset,
             high_noise_weight=high_noise_weight,
         )  # fmt: skip
         with atomic_folder(out) as tmp:
             # The start's tokenizers, scheduler and index as they are; every trained part saved over its copy.
-            shutil.copytree(start, tmp, dirs_exist_ok=True)
+            shutil.copytree(start, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.pyc"))
             trained = {"unet": base.unet, "vae": vae, "text_encoder": base.text_encoders[0]}
             if family == "sdxl":
                 trained["text_encoder_2"] = base.text_encoders[1]
