@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --families sdxl --scales 8 --steps 60
     python benchmarks/train_speed.py --real --scales 8 --batches 1 4 8 16   # on a GPU
     python benchmarks/train_speed.py --real --batches 1 2 --checkpointing    # the shipped configs' scales
+    python benchmarks/train_speed.py --real --bf16 --families sdxl --scales 40 --batches 1 2 --checkpointing
 
 "native" is the shipped configs' pixel_scale: 40 for SDXL (960 px), 24 for SD 1.5 (576 px).
 
@@ -11,7 +12,9 @@ Each configuration runs in its own process (so peak memory is its own): the trai
 real module and data module, TensorBoard logging as in a real run) with and without the caches, and a
 bare loop (UNet forward + backward + AdamW on the same cached latents and embeddings, same batch size,
 no Lightning). steps/s excludes the first ``--warmup`` steps. Peak memory is the process's peak RSS on
-CPU and ``max_memory_allocated`` on CUDA.
+CPU and ``max_memory_allocated`` on CUDA. ``--bf16`` runs the dtypes a CUDA run gets by default (frozen
+weights in bfloat16, ``bf16-mixed``, LoRA in float32) on any device, so a CPU can measure what the tensors
+of a bf16 GPU run take (its RSS adds the libraries, about 1 GB; a GPU adds its own context instead).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def peak_memory_mb(device) -> float:
 
 NATIVE_SCALE = {"sdxl": 40, "sd15": 24}  # configs/sdxl.yaml, configs/sd15.yaml
 CHECKPOINTING = False  # set per configuration process from its spec
+BF16 = False  # likewise: the CUDA default dtypes on any device
 
 
 def make_module(family: str, scale: int, real: bool, **kwargs):
@@ -49,6 +53,8 @@ def make_module(family: str, scale: int, real: bool, **kwargs):
     clip_skip = 2 if family == "sdxl" else 1
     rank = 16 if real else 4
     kwargs.setdefault("gradient_checkpointing", CHECKPOINTING)
+    if BF16:
+        kwargs.setdefault("weight_dtype", "bfloat16")
     module = PixelLoRAModule(
         f"tiny:{family}", pixel_scale=scale, rank=rank, alpha=rank, clip_skip=clip_skip, **kwargs
     )
@@ -76,7 +82,8 @@ def run_trainer(
     module = make_module(family, scale, real, cache_latents=cache, cache_text=cache)
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
-            max_steps=warmup + steps, precision=default_precision("auto"), default_root_dir=logs,
+            max_steps=warmup + steps, precision="bf16-mixed" if BF16 else default_precision("auto"),
+            default_root_dir=logs,
             logger=L.pytorch.loggers.TensorBoardLogger(logs), log_every_n_steps=1,
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             callbacks=[Clock()],
@@ -105,7 +112,7 @@ def run_bare(
         module.configure_model()
     module.to(device)
     # The trainer's dtypes: the frozen UNet in half precision on CUDA, LoRA weights in float32.
-    module.unet.to(weight_dtype_for(device, "auto"))
+    module.unet.to(torch.bfloat16 if BF16 else weight_dtype_for(device, "auto"))
     for parameter in lora_parameters(module.unet):
         parameter.data = parameter.data.float()
     pairs = load_pairs(data)
@@ -124,7 +131,7 @@ def run_bare(
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         added = None if text.pooled is None else {"text_embeds": text.pooled[index], "time_ids": time_ids}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or BF16):
             pred = unet(noisy, t, encoder_hidden_states=text.sequence[index], added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), noise)
         loss.backward()
@@ -157,6 +164,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpointing", action="store_true", help="gradient checkpointing on (as configs/sdxl.yaml)"
     )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bfloat16 weights and bf16-mixed (CUDA's default) on any device"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -173,8 +183,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         spec = json.loads(args.one)
-        global CHECKPOINTING
-        CHECKPOINTING = spec.get("checkpointing", False)
+        global CHECKPOINTING, BF16
+        CHECKPOINTING, BF16 = spec.get("checkpointing", False), spec.get("bf16", False)
         print(json.dumps(one(spec)))
         return
 
@@ -184,6 +194,7 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     batches = args.batches if args.real else [args.batch]
     kind = "real-size architectures, random weights" if args.real else "tiny models"
+    kind += ", bf16 weights and bf16-mixed" if args.bf16 else ""
     print(f"{kind}; {args.steps} timed steps after {args.warmup} warm-up steps; epoch = 203 images")
     header = (
         f"{'model':<6} {'k':>2} {'batch':>5} {'run':<17} {'steps/s':>8} {'images/s':>9} {'s/epoch':>8} "
@@ -199,7 +210,7 @@ def main() -> None:
                 for mode in args.modes:
                     spec = {"family": family, "scale": scale, "mode": mode, "batch": batch, "steps": args.steps,
                             "warmup": args.warmup, "data": data, "real": args.real,
-                            "checkpointing": args.checkpointing}  # fmt: skip
+                            "checkpointing": args.checkpointing, "bf16": args.bf16}  # fmt: skip
                     command = [sys.executable, __file__, "--one", json.dumps(spec)]
                     out = subprocess.run(command, env=env, capture_output=True, text=True)
                     if out.returncode:
