@@ -113,8 +113,8 @@ def test_loraplus_end_to_end_groups_and_header(tmp_path, tiny_sdxl, demo_data):
     optimizer = cli.trainer.optimizers[0]
     rates = {g["name"]: g["initial_lr"] for g in optimizer.param_groups}
     assert rates == pytest.approx(
-        {"unet": 4e-3, "unet_plus": 64e-3, "te": 1e-3, "te_plus": 16e-3}
-    )  # demo.yaml: 4e-3
+        {"unet": 6e-3, "unet_plus": 96e-3, "te": 1e-3, "te_plus": 16e-3}
+    )  # demo.yaml: 6e-3
     grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in cli.model.trainable_parameters())  # each exactly once
     b_ids = {id(p) for g in optimizer.param_groups if g["name"].endswith("_plus") for p in g["params"]}
@@ -122,7 +122,7 @@ def test_loraplus_end_to_end_groups_and_header(tmp_path, tiny_sdxl, demo_data):
     assert b_ids == {id(p) for n, p in named if "lora_B" in n and p.requires_grad}
     meta = header(Path(cli.trainer.log_dir) / "demo-000001.safetensors")
     assert json.loads(meta["ss_network_args"]) == {"loraplus_lr_ratio": "16.0"}
-    assert float(meta["ss_unet_lr"]) == pytest.approx(4e-3) and float(meta["ss_text_encoder_lr"]) == 1e-3
+    assert float(meta["ss_unet_lr"]) == pytest.approx(6e-3) and float(meta["ss_text_encoder_lr"]) == 1e-3
 
 
 # ------------------------------------------------------------------------------------------ optimizers
