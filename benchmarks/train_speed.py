@@ -111,8 +111,8 @@ def run_bare(
     if not real:
         module.configure_model()
     module.to(device)
-    # The trainer's dtypes: the frozen UNet in half precision on CUDA, LoRA weights in float32.
-    module.unet.to(torch.bfloat16 if BF16 else weight_dtype_for(device, "auto"))
+    # The trainer's dtypes: the frozen UNet as the module's weight_dtype on this device, LoRA in float32.
+    module.unet.to(weight_dtype_for(device, module.hparams.weight_dtype))
     for parameter in lora_parameters(module.unet):
         parameter.data = parameter.data.float()
     pairs = load_pairs(data)

@@ -3,8 +3,8 @@
 The pretrained bases (``tiny-punks:*``) draw base-style punks; the demo set is the same punks in neon
 skin tones. After 72 steps of the demo config (LoRA on the UNet and the text encoders) at least 6 of 8
 samples' faces must be neon where none of the base's were (the issue of record's bar: at most 10%, at
-least 70%), and at least 6 of 8 must keep the background their prompt asks for. The same check fails on purposely broken trainers (below), so it can tell a working trainer
-from one that only runs.
+least 70%), and at least 6 of 8 must keep the background their prompt asks for. The same check fails on
+purposely broken trainers (below), so it can tell a working trainer from one that only runs.
 """
 
 from pathlib import Path

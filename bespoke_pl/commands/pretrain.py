@@ -10,7 +10,7 @@ import torch
 from bespoke_pl.commands.options import new_folder
 from bespoke_pl.errors import ConfigError
 from bespoke_pl.offline.tiny import Family
-from bespoke_pl.training.pretrain import HIGH_NOISE_WEIGHT, NOISE_OFFSET, pretrain_tiny_punks
+from bespoke_pl.training.pretrain import HIGH_NOISE_WEIGHT, NOISE_OFFSET, UNET_LR, pretrain_tiny_punks
 
 
 def pretrain_tiny(
@@ -24,7 +24,7 @@ def pretrain_tiny(
     batch_size: int = 16,
     vae_from: str | None = None,
     unet_from: str | None = None,
-    unet_lr: float = 1e-3,
+    unet_lr: float = UNET_LR,
     threads: int = 2,
     measure: str | None = None,
     samples: int = 16,
@@ -56,15 +56,18 @@ def pretrain_tiny(
             samples follow the prompted background; 0 and 1: plain epsilon MSE, the first bases' recipe).
         high_noise_weight: Cap of the UNet loss's high-noise weight ``1 / alpha_bar`` (1: plain epsilon MSE).
     """
+    from bespoke_pl.diffusion.base import family_of_folder
     from bespoke_pl.training.measure import measure_base
 
     if measure is None:
         # The folder is written after the training: a taken --out or a missing --vae_from must fail now.
         folder = new_folder("--out", out or f"tiny-punks-{family}")
-        if vae_from is not None and not (Path(vae_from).expanduser() / "vae").is_dir():
-            raise ConfigError(f"--vae_from {vae_from} is not a tiny-punks folder (it has no vae/ folder)")
+        if vae_from is not None:
+            _tiny_punks_folder("--vae_from", vae_from, ("vae",))
         if unet_from is not None:
-            _check_start(unet_from, family)
+            start = _tiny_punks_folder("--unet_from", unet_from, ("unet", "vae"))
+            if (found := family_of_folder(start)) != family:
+                raise ConfigError(f"--unet_from {unet_from} is an {found} model, not --family {family}")
     torch.set_num_threads(threads)
     lines = []
     if measure is None:
@@ -81,14 +84,15 @@ def pretrain_tiny(
     return "\n".join(lines)
 
 
-def _check_start(unet_from: str, family: str) -> None:
-    from bespoke_pl.diffusion.base import family_of_folder, resolve_spec
+def _tiny_punks_folder(flag: str, value: str, parts: tuple[str, ...]) -> Path:
+    """The folder a ``--vae_from`` / ``--unet_from`` names (a path or ``tiny-punks:<family>``), checked before
+    any training: it must hold ``parts``."""
+    from bespoke_pl.diffusion.base import resolve_spec
 
-    folder = Path(resolve_spec(unet_from)).expanduser()
-    if not (folder / "unet").is_dir() or not (folder / "vae").is_dir():
-        raise ConfigError(f"--unet_from {unet_from}: {folder} is not a tiny-punks folder (no unet/ or vae/)")
-    if (found := family_of_folder(folder)) != family:
-        raise ConfigError(f"--unet_from {unet_from} is an {found} model, not --family {family}")
+    folder = Path(resolve_spec(value)).expanduser()
+    if missing := [f"{part}/" for part in parts if not (folder / part).is_dir()]:
+        raise ConfigError(f"{flag} {value} is not a tiny-punks folder (no {' or '.join(missing)})")
+    return folder
 
 
 def command(argv: list[str]) -> None:

@@ -61,11 +61,12 @@ CLIP_SKIP = {"sd15": 1, "sdxl": 2}  # what the shipped configs train with
 # the prompted background (16 of 16 against 3 of 16 with plain epsilon MSE, 0 and 1; see train_unet).
 NOISE_OFFSET = 0.1
 HIGH_NOISE_WEIGHT = 20.0
+UNET_LR = 1e-3  # peak; the shipped bases' second cycle (--unet_from) ran at 3e-4
 
 
 def train_unet(
     unet, vae, tokenizers, text_encoders, family: Family, scheduler_config: dict, steps: int,
-    batch_size: int, seed: int, lr: float = 1e-3, ema_decay: float = 0.999, caption_dropout: float = 0.1,
+    batch_size: int, seed: int, lr: float = UNET_LR, ema_decay: float = 0.999, caption_dropout: float = 0.1,
     noise_offset: float = NOISE_OFFSET, high_noise_weight: float = HIGH_NOISE_WEIGHT,
 ):  # fmt: skip
     """Train the UNet and the text encoders as a text-to-image denoiser of base-style punks, in place.
@@ -158,7 +159,7 @@ def pretrain_tiny_punks(
     high_noise_weight: float = HIGH_NOISE_WEIGHT,
     refine_steps: int = 900,
     unet_from: str | Path | None = None,
-    unet_lr: float = 1e-3,
+    unet_lr: float = UNET_LR,
 ) -> Path:
     """Pretrain a tiny base and write it as a diffusers folder ``out`` (which must not exist or be empty).
 
@@ -190,12 +191,13 @@ def pretrain_tiny_punks(
         torch.manual_seed(seed)
         if unet_from is not None:
             start = Path(resolve_spec(str(unet_from))).expanduser()
-            vae_from = start if vae_from is None else vae_from
         else:
             start = write_tiny_model(family, Path(scratch) / "start", seed=seed)
         base = load_base(str(start), family)
         if vae_from is not None:
             vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae")
+        elif unet_from is not None:
+            vae = base.vae  # the start's trained VAE, as loaded with it
         else:
             vae = base.vae
             train_vae(vae, vae_steps, batch_size, seed)
@@ -213,7 +215,7 @@ def pretrain_tiny_punks(
         )  # fmt: skip
         with atomic_folder(out) as tmp:
             # The start's tokenizers, scheduler and index as they are; every trained part saved over its copy.
-            shutil.copytree(start, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.pyc"))
+            shutil.copytree(start, tmp, dirs_exist_ok=True)
             trained = {"unet": base.unet, "vae": vae, "text_encoder": base.text_encoders[0]}
             if family == "sdxl":
                 trained["text_encoder_2"] = base.text_encoders[1]
