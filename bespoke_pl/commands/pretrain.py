@@ -45,7 +45,7 @@ def pretrain_tiny(
         refine_steps: Steps of a second decoder fine-tune (any skin colour, a little latent noise).
         unet_steps: UNet optimizer steps.
         batch_size: Images per step.
-        vae_from: A tiny-punks folder whose VAE to reuse instead of training one.
+        vae_from: A tiny-punks folder (or ``tiny-punks:<family>``) whose VAE to reuse instead of training one.
         unet_from: A tiny-punks folder (or ``tiny-punks:<family>``) to go on training: its UNet and text
             encoders start the UNet stage, its VAE is kept; ``--unet_steps`` more steps at ``--unet_lr``.
         unet_lr: Peak learning rate of the UNet stage (cosine after 200 warm-up steps).
@@ -63,7 +63,7 @@ def pretrain_tiny(
         # The folder is written after the training: a taken --out or a missing --vae_from must fail now.
         folder = new_folder("--out", out or f"tiny-punks-{family}")
         if vae_from is not None:
-            _tiny_punks_folder("--vae_from", vae_from, ("vae",))
+            vae_from = str(_tiny_punks_folder("--vae_from", vae_from, ("vae",)))
         if unet_from is not None:
             start = _tiny_punks_folder("--unet_from", unet_from, ("unet", "vae"))
             if (found := family_of_folder(start)) != family:
