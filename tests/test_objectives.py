@@ -99,6 +99,20 @@ def test_zero_terminal_snr_is_lin_et_als_algorithm_1():
     assert scheduler.timesteps[0] == 999
 
 
+def test_ddim_from_an_euler_config_does_not_clip_the_latents():
+    # SDXL's (and the tiny SDXL's) Euler config may lack clip_sample; DDIM's default would clip x_0 to
+    # [-1, 1], which latents of unit std overshoot all the time.
+    scheduler = make_scheduler("ddim", {**SD, "steps_offset": 1, "timestep_spacing": "leading"})
+    scheduler.set_timesteps(2)
+    t, previous = scheduler.timesteps
+    latents = torch.full((1, 4, 2, 2), 3.0)
+    step = scheduler.step(torch.zeros_like(latents), t, latents).prev_sample
+    # With no predicted noise x_0 = x_t / sqrt(alpha_bar_t), and DDIM moves it to sqrt(alpha_bar_prev) x_0.
+    expected = latents * (A[previous] / A[t]).sqrt()
+    assert torch.allclose(step, expected, rtol=1e-4), (step.flatten()[0], expected.flatten()[0])
+    assert make_scheduler("ddim", {**SD, "clip_sample": True}).config.clip_sample  # asked for: kept
+
+
 def test_weights_stay_finite_at_snr_zero():
     t = torch.tensor([999, 500])
     eps, v = min_snr_weights(t, ZERO, 5.0, "epsilon"), min_snr_weights(t, ZERO, 5.0, "v_prediction")

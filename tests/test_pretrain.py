@@ -75,20 +75,22 @@ def test_shipped_vae_round_trips_both_demo_styles():
 
 @pytest.mark.parametrize("family", ["sdxl", "sd15"])
 def test_shipped_base_draws_base_style_heads(family):
-    # Measured on the shipped weights (README, "Tiny bases"); a random tiny base scores a silhouette IoU
-    # of about 0.43 and no faces of either style. The grain on the backgrounds keeps the raw silhouettes
-    # and the torso share from the aim (IoU 0.8, no torsos): see issue 9's closing note.
+    # The issue of record's bars, on the shipped weights (README, "Tiny bases"), with Euler a: SDXL IoU
+    # 0.90, SD 1.5 0.87, no torsos. A random tiny base scores an IoU of about 0.43 and no faces of either
+    # style; deterministic Euler leaves a background grain on a few seeds (IoU 0.76-0.78, see the README).
     values = measure_base(f"tiny-punks:{family}")
-    assert values["art/silhouette_iou"] >= 0.8 and values["silhouette_iou"] >= 0.7, values
+    assert values["silhouette_iou"] >= 0.8 and values["art/silhouette_iou"] >= 0.8, values
+    assert values["torso_share"] == 0, values
     assert values["grid_fidelity"] >= 0.9, values
     assert values["base_share"] >= 0.8 and values["neon_share"] <= 0.1, values
     assert values["background_match"] >= 0.8, values
 
 
 def test_pretrain_tiny_command_measures_a_base(capsys):
-    main(["pretrain-tiny", "--measure", "tiny-punks:sd15", "--threads", str(torch.get_num_threads())])
+    argv = ["--measure", "tiny-punks:sd15", "--samples", "4", "--sampler", "euler"]
+    main(["pretrain-tiny", *argv, "--threads", str(torch.get_num_threads())])
     out = capsys.readouterr().out
-    assert out.startswith("tiny-punks:sd15, 16 samples: ") and "silhouette_iou=" in out
+    assert out.startswith("tiny-punks:sd15, 4 samples, euler: ") and "silhouette_iou=" in out
 
 
 def test_punk_image_is_the_demo_set_image(tmp_path):

@@ -37,7 +37,11 @@ def make_scheduler(name: str, scheduler_config: dict):
     }
     if name not in classes:
         raise ValueError(f"sampler {name!r} is not one of {SAMPLERS}")
-    return classes[name].from_config(scheduler_config)
+    # DDIM clips its x_0 estimate to [-1, 1] unless told not to: right for pixels, ruinous for latents of
+    # unit std. SD's configs say clip_sample false, but an Euler-only config (tiny SDXL, some fine-tunes)
+    # lacks the key, and DDIM's default (true) turned the tiny SDXL base's samples to mush (IoU 0.45).
+    overrides = {"clip_sample": False} if name == "ddim" and "clip_sample" not in scheduler_config else {}
+    return classes[name].from_config(scheduler_config, **overrides)
 
 
 def build_pipeline(

@@ -23,6 +23,7 @@ def measure_base(
     guidance_scale: float = 4.0,
     seed: int = 0,
     style: str = "base",
+    sampler: str = "euler_a",
 ) -> dict[str, float]:
     """Generate ``count`` demo punks from a base alone and measure them as the issue of record asks.
 
@@ -36,17 +37,18 @@ def measure_base(
     Args:
         base_model: Anything ``load_base`` takes, e.g. ``tiny-punks:sdxl``.
         count: Samples to generate (seeds ``seed`` ... ``seed + count - 1``).
-        steps: Euler steps.
+        steps: Sampling steps.
         guidance_scale: Classifier-free guidance scale.
         seed: First seed.
         style: The demo style whose punks are the reference set.
+        sampler: A sampler of :data:`bespoke_pl.diffusion.sampling.SAMPLERS`.
     """
 
     base = load_base(base_model)
     encoders = base.text_encoders
     captions = [caption(demo_traits(i)) for i in range(count)]
     pipe = build_pipeline(
-        base.family, base.unet, base.vae, base.tokenizers, encoders, base.scheduler_config, "euler"
+        base.family, base.unet, base.vae, base.tokenizers, encoders, base.scheduler_config, sampler
     )
 
     def encode(prompts: list[str]):
