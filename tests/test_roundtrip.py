@@ -52,3 +52,34 @@ def test_roundtrip_command_on_the_tiny_model(tiny_sd15, demo_data, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == ["k=1", "k=8"]
     assert all("2 images" in line and "% pixels exact" in line for line in lines)
+
+
+def test_large_images_go_through_the_vae_fewer_at_a_time(demo_data):
+    # 16 images of 960 px in one fp32 call took over 20 GB (an SDXL run at k = 40 was killed while
+    # caching); every VAE call keeps to the pixels of 16 images at 192 px.
+    from bespoke_pl.diffusion.devices import images_per_vae_call
+    from bespoke_pl.training.speed import cache_latents
+
+    assert [images_per_vae_call(24 * k, 16) for k in (1, 8, 16, 24, 40)] == [16, 16, 4, 1, 1]
+    images = load_pairs(demo_data).images[:6]
+
+    class Counting(LosslessVAE):
+        calls: list[int] = []
+
+        def encode(self, x):
+            self.calls.append(len(x))
+            return super().encode(x)
+
+    vae = Counting()
+    for k, expected in ((8, [6]), (16, [4, 2]), (40, [1] * 6)):
+        vae.calls.clear()
+        assert vae_round_trip(vae, images, k).pixels_exact == 1.0
+        assert vae.calls == expected, (k, vae.calls)
+
+    vae.calls.clear()
+    module = SimpleNamespace(
+        hparams=SimpleNamespace(pixel_scale=40, latent_cache_dir=None), vae=vae, device=torch.device("cpu"),
+        _latent_key="k=40", encode_images=lambda pixels, mean: vae.encode(pixels.float()).latent_dist.mean,
+    )  # fmt: skip
+    cached = cache_latents(module, SimpleNamespace(images=images))
+    assert vae.calls == [1] * 6 and len(cached.latents) == 6

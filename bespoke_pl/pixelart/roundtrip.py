@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bespoke_pl.diffusion.devices import images_per_vae_call
 from bespoke_pl.pixelart.grid import to_model_range, to_uint8, upscale_nearest
 from bespoke_pl.pixelart.palette import palette_of, snap_and_lock
 
@@ -49,12 +50,13 @@ def vae_round_trip(
         images: The training art.
         k: Nearest-upscale factor before encoding.
         palette: Colours to lock to after snapping; default the palette of ``images``.
-        batch_size: Images per VAE call.
+        batch_size: Images per VAE call at most (fewer at large k: :func:`~bespoke_pl.diffusion.devices.images_per_vae_call`).
     """
     palette = palette_of(images) if palette is None else palette
     parameter = next(vae.parameters())
     exact_pixels = exact_images = 0
     error = 0.0
+    batch_size = images_per_vae_call(images.shape[-1] * k, batch_size)
     for start in range(0, len(images), batch_size):
         art = images[start : start + batch_size]
         big = upscale_nearest(art, k)
