@@ -57,7 +57,7 @@ def test_roundtrip_command_on_the_tiny_model(tiny_sd15, demo_data, capsys):
 def test_large_images_go_through_the_vae_fewer_at_a_time(demo_data):
     # 16 images of 960 px in one fp32 call took over 20 GB (an SDXL run at k = 40 was killed while
     # caching); every VAE call keeps to the pixels of 16 images at 192 px.
-    from bespoke_pl.diffusion.devices import images_per_vae_call
+    from bespoke_pl.pixelart.roundtrip import images_per_vae_call
     from bespoke_pl.training.speed import cache_latents
 
     assert [images_per_vae_call(24 * k, 16) for k in (1, 8, 16, 24, 40)] == [16, 16, 4, 1, 1]

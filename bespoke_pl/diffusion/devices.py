@@ -43,15 +43,3 @@ def default_precision(accelerator: str | None) -> str:
     if wants_cuda:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-# The VAE runs in float32 and keeps 128-256 channels at full resolution, so a call's activations grow with
-# its pixels: 16 images of 960 px (SDXL's k = 40) took over 20 GB to encode and were killed on a 24 GB
-# machine before training began. Every VAE call (caches, round trip) stays within the pixels of 16 images
-# at 192 px (k = 8), the batch the caches always used; larger images go fewer at a time, down to one.
-VAE_PIXELS_PER_CALL = 16 * 192 * 192
-
-
-def images_per_vae_call(side: int, most: int) -> int:
-    """How many ``side`` x ``side`` px images one VAE call takes: at most ``most``, at least 1."""
-    return max(1, min(most, VAE_PIXELS_PER_CALL // (side * side)))

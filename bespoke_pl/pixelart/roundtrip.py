@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bespoke_pl.diffusion.devices import images_per_vae_call
 from bespoke_pl.pixelart.grid import to_model_range, to_uint8, upscale_nearest
 from bespoke_pl.pixelart.palette import palette_of, snap_and_lock
 
@@ -39,6 +38,18 @@ class RoundTrip:
         )
 
 
+# The VAE runs in float32 and keeps 128-256 channels at full resolution, so a call's activations grow with
+# its pixels: 16 images of 960 px (SDXL's k = 40) took over 20 GB to encode and were killed on a 24 GB
+# machine before training began. Every VAE call (caches, round trip) stays within the pixels of 16 images
+# at 192 px (k = 8), the batch the caches always used; larger images go fewer at a time, down to one.
+VAE_PIXELS_PER_CALL = 16 * 192 * 192
+
+
+def images_per_vae_call(side: int, most: int) -> int:
+    """How many ``side`` x ``side`` px images one VAE call takes: at most ``most``, at least 1."""
+    return max(1, min(most, VAE_PIXELS_PER_CALL // (side * side)))
+
+
 @torch.no_grad()
 def vae_round_trip(
     vae: nn.Module, images: torch.Tensor, k: int, palette: torch.Tensor | None = None, batch_size: int = 8
@@ -50,7 +61,7 @@ def vae_round_trip(
         images: The training art.
         k: Nearest-upscale factor before encoding.
         palette: Colours to lock to after snapping; default the palette of ``images``.
-        batch_size: Images per VAE call at most (fewer at large k: :func:`~bespoke_pl.diffusion.devices.images_per_vae_call`).
+        batch_size: Images per VAE call at most (fewer at large k: :func:`images_per_vae_call`).
     """
     palette = palette_of(images) if palette is None else palette
     parameter = next(vae.parameters())

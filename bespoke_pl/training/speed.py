@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from bespoke_pl.diffusion.devices import images_per_vae_call
+from bespoke_pl.pixelart.roundtrip import images_per_vae_call
 from bespoke_pl.training.cache import (
     LatentCache,
     TextCache,
