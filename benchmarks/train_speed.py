@@ -65,16 +65,8 @@ def make_module(family: str, scale: int, real: bool, **kwargs):
 
         from bespoke_pl.diffusion.base import load_base, real_base
 
-        tokenizers = load_base(f"tiny:{family}").tokenizers
-        # Built in bf16 straight away, as a GPU run loads it (torch_dtype): a float32 build cast afterwards
-        # holds both copies at once (SDXL: 10.3 + 5.1 GB of UNet), which alone took 24 GB of CPU RAM.
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16 if BF16 else default)
-        try:
-            base = real_base(family, tokenizers)
-        finally:
-            torch.set_default_dtype(default)
-        module.attach_base(base)  # the VAE is made float32 there: it encodes in float32 everywhere
+        dtype = torch.bfloat16 if BF16 else torch.float32
+        module.attach_base(real_base(family, load_base(f"tiny:{family}").tokenizers, dtype))
     return module
 
 

@@ -114,9 +114,12 @@ def test_the_background_recipe_changes_only_the_unet_training(tmp_path, seed5):
 
 
 def test_unet_from_goes_on_training_the_unet_and_keeps_the_rest(tmp_path, seed5):
-    """A second UNet stage from a trained folder: the UNet and text encoders change, the VAE and tokenizers not."""
-    more = pretrain_tiny_punks("sdxl", tmp_path / "more", seed=1, unet_from=seed5, unet_steps=2, batch_size=2)
+    """A second UNet stage from a trained folder: same weights on a rerun, the VAE and tokenizers kept."""
+    steps = {"unet_steps": 2, "batch_size": 2, "unet_lr": 3e-4}
+    more = pretrain_tiny_punks("sdxl", tmp_path / "more", seed=1, unet_from=seed5, **steps)
+    again = pretrain_tiny_punks("sdxl", tmp_path / "again", seed=1, unet_from=seed5, **steps)
     before, after = digests(seed5), digests(more)
+    assert after == digests(again)
     assert (
         after["vae/diffusion_pytorch_model.safetensors"] == before["vae/diffusion_pytorch_model.safetensors"]
     )

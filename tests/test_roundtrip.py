@@ -58,6 +58,7 @@ def test_large_images_go_through_the_vae_fewer_at_a_time(demo_data):
     # 16 images of 960 px in one fp32 call took over 20 GB (an SDXL run at k = 40 was killed while
     # caching); every VAE call keeps to the pixels of 16 images at 192 px.
     from bespoke_pl.pixelart.roundtrip import images_per_vae_call
+    from bespoke_pl.training.module import PixelLoRAModule
     from bespoke_pl.training.speed import cache_latents
 
     assert [images_per_vae_call(24 * k, 16) for k in (1, 8, 16, 24, 40)] == [16, 16, 4, 1, 1]
@@ -77,9 +78,10 @@ def test_large_images_go_through_the_vae_fewer_at_a_time(demo_data):
         assert vae.calls == expected, (k, vae.calls)
 
     vae.calls.clear()
-    module = SimpleNamespace(
-        hparams=SimpleNamespace(pixel_scale=40, latent_cache_dir=None), vae=vae, device=torch.device("cpu"),
-        _latent_key="k=40", encode_images=lambda pixels, mean: vae.encode(pixels.float()).latent_dist.mean,
-    )  # fmt: skip
+    vae.config = SimpleNamespace(scaling_factor=1.0)
+    # The cache encodes through the module's own encode_images (the one place the budget applies).
+    hparams = SimpleNamespace(pixel_scale=40, latent_cache_dir=None, latent_sampling="mean")
+    module = SimpleNamespace(hparams=hparams, vae=vae, device=torch.device("cpu"), _latent_key="k=40")
+    module.encode_images = lambda pixels, mean=False: PixelLoRAModule.encode_images(module, pixels, mean)
     cached = cache_latents(module, SimpleNamespace(images=images))
     assert vae.calls == [1] * 6 and len(cached.latents) == 6

@@ -40,7 +40,7 @@ class RoundTrip:
 
 # The VAE runs in float32 and keeps 128-256 channels at full resolution, so a call's activations grow with
 # its pixels: 16 images of 960 px (SDXL's k = 40) took over 20 GB to encode and were killed on a 24 GB
-# machine before training began. Every VAE call (caches, round trip) stays within the pixels of 16 images
+# machine before training began. Every VAE encode (the module's encode_images, the round trip) stays within the pixels of 16 images
 # at 192 px (k = 8), the batch the caches always used; larger images go fewer at a time, down to one.
 VAE_PIXELS_PER_CALL = 16 * 192 * 192
 

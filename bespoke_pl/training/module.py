@@ -43,6 +43,7 @@ from bespoke_pl.lora.inject import (
     unet_targets,
 )
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
+from bespoke_pl.pixelart.roundtrip import images_per_vae_call
 from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.optim import lora_optimizer
@@ -301,12 +302,16 @@ class PixelLoRAModule(L.LightningModule):
         unless ``mean`` (validation, which must measure the same latent every time).
         """
         vae_device = next(self.vae.parameters()).device
-        images = to_model_range(upscale_nearest(pixels, self.hparams.pixel_scale)).to(vae_device)
-        with torch.autocast(vae_device.type, enabled=False):
-            posterior = self.vae.encode(images.float()).latent_dist
-            draw = self.hparams.latent_sampling == "sample" and not mean
-            latents = posterior.sample() if draw else posterior.mean
-        return latents.to(self.device) * self.vae.config.scaling_factor
+        k = self.hparams.pixel_scale
+        draw = self.hparams.latent_sampling == "sample" and not mean
+        parts = []
+        # The caches, validation and uncached steps all encode here, so here the pixel budget applies.
+        for chunk in pixels.split(images_per_vae_call(pixels.shape[-1] * k, len(pixels))):
+            images = to_model_range(upscale_nearest(chunk, k)).to(vae_device)
+            with torch.autocast(vae_device.type, enabled=False):
+                posterior = self.vae.encode(images.float()).latent_dist
+                parts.append(posterior.sample() if draw else posterior.mean)
+        return torch.cat(parts).to(self.device) * self.vae.config.scaling_factor
 
     def encode_text(self, captions: list[str]) -> PromptEmbeds:
         """Captions -> UNet conditioning, with the training clip skip (used for sampling too)."""

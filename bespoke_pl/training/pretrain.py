@@ -194,12 +194,9 @@ def pretrain_tiny_punks(
         else:
             start = write_tiny_model(family, Path(scratch) / "start", seed=seed)
         base = load_base(str(start), family)
-        if vae_from is not None:
-            vae = AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae")
-        elif unet_from is not None:
-            vae = base.vae  # the start's trained VAE, as loaded with it
-        else:
-            vae = base.vae
+        # The start's VAE as loaded with it (trained with --unet_from, random otherwise), unless --vae_from.
+        vae = base.vae if vae_from is None else AutoencoderKL.from_pretrained(str(vae_from), subfolder="vae")
+        if vae_from is None and unet_from is None:
             train_vae(vae, vae_steps, batch_size, seed)
             polish_decoder(vae, decoder_steps, batch_size, seed + 3)
             refine_decoder(vae, refine_steps, batch_size, seed + 4)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import torch
 
-from bespoke_pl.pixelart.roundtrip import images_per_vae_call
 from bespoke_pl.training.cache import (
     LatentCache,
     TextCache,
@@ -55,11 +54,9 @@ def cache_latents(module, pairs) -> LatentCache:
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return module.encode_images(pixels, mean=True)
 
-    side = pairs.images.shape[-1] * module.hparams.pixel_scale
     built = LatentCache.build(
-        pairs.images, encode, images_per_vae_call(side, 16), module.hparams.latent_cache_dir,
-        latent_key(module),
-    )  # fmt: skip
+        pairs.images, encode, cache_dir=module.hparams.latent_cache_dir, key_extra=latent_key(module)
+    )
     latents = built.latents.to(module.device)
     alphas = getattr(pairs, "alphas", None)
     masks = module.loss_mask(alphas, latents.shape[-2:]) if alphas is not None else None
