@@ -29,12 +29,12 @@ HUB_IDS = {
     "stabilityai/stable-diffusion-xl-base-1.0": "tiny:sdxl",
     "runwayml/stable-diffusion-v1-5": "tiny:sd15",
 }
-# At the real configs' 960 / 576 px even the tiny VAE is slow on a CPU: one batch per epoch, its own
-# images encoded (no cache of all 48), one prompt of two steps sampled, two images round-tripped, the
-# validation (3 held-out punks and 3 training ones) at one timestep instead of four.
+# At the real configs' 960 / 576 px even the tiny VAE is slow on a CPU: one batch of one image per epoch,
+# its own image encoded (no cache of all 48), one prompt of two steps sampled, two images round-tripped,
+# the validation (3 held-out punks and 3 training ones) at one timestep instead of four.
 SMALL_RUN = (
-    "--trainer.limit_train_batches 1 --model.cache_latents false --sample.steps 2 --sample.num_prompts 1 "
-    "--roundtrip.max_images 2 --model.validation_timesteps 1"
+    "--trainer.limit_train_batches 1 --data.batch_size 1 --model.cache_latents false --sample.steps 2 "
+    "--sample.num_prompts 1 --roundtrip.max_images 2 --model.validation_timesteps 1"
 )
 FAST = {
     "configs/sdxl.yaml": f"--model.base_model tiny:sdxl {SMALL_RUN}",
