@@ -116,9 +116,8 @@ def generate(
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     unet_dtype = next(pipe.unet.parameters()).dtype
     device = next(pipe.unet.parameters()).device
-    # The pipeline decodes a call's latents in one VAE call, the costliest of a run at 960 px (real SDXL
-    # VAE in float32: 11.3 GB peak for 4 images, 4.3 GB for 1, measured on CPU). Past the cache's pixel
-    # budget it decodes one image at a time (diffusers' slicing; 7% slower on a CPU, measured).
+    # The pipeline decodes a call's latents in one VAE call; past the VAE's pixel budget (960 px: one image)
+    # diffusers' slicing decodes them one at a time (measured 7% slower on a CPU).
     slicing = images_per_vae_call(size, batch_size) < min(batch_size, len(prompts))
     was_slicing = pipe.vae.use_slicing
     pipe.vae.use_slicing = was_slicing or slicing

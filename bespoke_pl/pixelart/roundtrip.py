@@ -40,8 +40,10 @@ class RoundTrip:
 
 # The VAE runs in float32 and keeps 128-256 channels at full resolution, so a call's activations grow with
 # its pixels: 16 images of 960 px (SDXL's k = 40) took over 20 GB to encode and were killed on a 24 GB
-# machine before training began. Every VAE encode (the module's encode_images, the round trip) stays within the pixels of 16 images
-# at 192 px (k = 8), the batch the caches always used; larger images go fewer at a time, down to one.
+# machine before training began; decoding 4 of them peaked at 11.3 GB, one at 4.3 GB. Every VAE call stays
+# within the pixels of 16 images at 192 px (k = 8), the batch the caches always used, and larger images go
+# fewer at a time, down to one: the module's encode_images (caches, validation, uncached steps), the round
+# trip, and the decode of samples and `generate` (diffusion.sampling.generate).
 VAE_PIXELS_PER_CALL = 16 * 192 * 192
 
 
