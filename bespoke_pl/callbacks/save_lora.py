@@ -17,8 +17,17 @@ from bespoke_pl.callbacks.faults import write_failure
 from bespoke_pl.callbacks.run_folder import check_run_folder, run_dir
 from bespoke_pl.data.datamodule import training_pairs
 from bespoke_pl.errors import OutputError
+from bespoke_pl.lora.export import (
+    DEFAULT_MAX_ERROR,
+    DORA_LOADERS,
+    export_header,
+    export_plain,
+    plain_path,
+    write_plain,
+)
 from bespoke_pl.lora.files import save_lora_file
 from bespoke_pl.lora.inject import lora_weights
+from bespoke_pl.lora.loading import read_lora_file
 from bespoke_pl.lora.metadata import training_metadata
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,9 @@ class SaveLoRAEveryEpoch(L.Callback):
         format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load; LyCORIS'
             keys for LoHa, LoKr and DoRA's ``dora_scale``, which diffusers drops) or ``diffusers``
             (diffusers/PEFT naming for ``load_lora_weights``; holds LoRA and DoRA, not LoHa / LoKr).
+        export_plain: With DoRA, also write each file as a plain LoRA beside it
+            (``NAME-000001-plain.safetensors``, ``python -m bespoke_pl export``'s default bound), which the
+            loaders that misapply DoRA (ComfyUI, Forge, A1111, InvokeAI, diffusers) apply as trained.
     """
 
     def __init__(
@@ -42,11 +54,13 @@ class SaveLoRAEveryEpoch(L.Callback):
         save_dtype: Literal["float16", "bfloat16", "float32"] = "float16",
         every_n_epochs: int = 1,
         format: Literal["kohya", "diffusers"] = "kohya",
+        export_plain: bool = True,
     ) -> None:
         self.output_name = output_name
         self.save_dtype = save_dtype
         self.every_n_epochs = every_n_epochs
         self.format = format
+        self.export_plain = export_plain
         self.started = time.time()
         self.session_id = random.randint(0, 2**31 - 1)  # kohya's ss_session_id: which run a file came from
 
@@ -119,3 +133,27 @@ class SaveLoRAEveryEpoch(L.Callback):
             earlier = sorted(self.run_dir.glob(f"{self.output_name}-*.safetensors"))
             raise OutputError(write_failure(path, error, earlier)) from error
         log.info("saved LoRA for epoch %d: %s (%.1f MB)", epoch, path, path.stat().st_size / 1e6)
+        if pl_module.hparams.get("use_dora"):
+            self.write_plain(pl_module, path)
+
+    def write_plain(self, pl_module: L.LightningModule, path: Path) -> None:
+        """The DoRA file ``path`` as a plain LoRA beside it (or the command that makes one), and one log line
+        on which loaders misapply DoRA."""
+        if not self.export_plain:
+            log.info("%s is DoRA: %s; python -m bespoke_pl export %s --to lora writes a plain LoRA they "
+                     "apply as trained", path.name, DORA_LOADERS, path)  # fmt: skip
+            return
+        lora = read_lora_file(path)  # the file as written (its dtype), merged as generate merges it
+        target = plain_path(path)
+        plain = export_plain(lora, pl_module.lora_components(), pl_module.family)
+        try:
+            write_plain(
+                target, plain, export_header(lora.metadata, plain, path.name, DEFAULT_MAX_ERROR, None)
+            )
+        except FileExistsError:  # another run's file of that name: keep it, as for the epoch files
+            log.warning("%s exists; not replacing it with %s's plain export", target.name, path.name)
+            return
+        except (OSError, FloatingPointError) as error:
+            raise OutputError(write_failure(target, error, [path])) from error
+        log.info("%s is DoRA: %s; for them use %s (%s)", path.name, DORA_LOADERS, target.name,
+                 plain.summary(DEFAULT_MAX_ERROR))  # fmt: skip

@@ -2,8 +2,8 @@
 
 :func:`read_lora_file` reads and checks a file on its own; :func:`apply_lora` resolves every LoRA layer in it
 to a layer of the base model and merges ``W += scale * alpha / r * up @ down`` into that layer's weight
-(LyCORIS' LoHa and LoKr: their update, see :mod:`bespoke_pl.lora.lycoris`; DoRA: then rescales each output
-row, or each input channel for an older LyCORIS ``dora_scale``, to its recorded magnitude, as peft does). Nothing is silently dropped:
+(LoHa, LoKr: see :mod:`bespoke_pl.lora.lycoris`; DoRA: then rescales each output row, or each input channel
+for an older LyCORIS ``dora_scale``, to its recorded magnitude, as peft does). Nothing is silently dropped:
 a key that is not a LoRA key, a layer name that matches no base layer, or a shape that does not fit is an
 error naming the file and the layer. Only safetensors files are read: a pickle can run code when loaded.
 """
@@ -227,10 +227,9 @@ def layer_table(components: dict[str, nn.Module], family: str) -> dict[str, tupl
 
 
 @torch.no_grad()
-def merge_lora_layer(layer: nn.Module, weights: AdapterWeights, scale: float = 1.0) -> None:
-    """Add ``scale`` times the layer's update (LoRA: ``alpha / r * up @ down``) to a Linear/Conv2d weight in
-    place (float32 arithmetic); DoRA: then rescale to the recorded magnitudes."""
-    weight = layer.weight
+def merged_weight(weight: torch.Tensor, weights: AdapterWeights, scale: float = 1.0) -> torch.Tensor:
+    """``weight`` plus ``scale`` times the layer's update (LoRA: ``alpha / r * up @ down``), in float32 on the
+    weight's device; DoRA: then rescaled to the recorded magnitudes."""
     merged = weight.float() + weights.delta(scale).to(weight.device).view_as(weight)
     if weights.magnitude is not None:
         magnitude = weights.magnitude.float().to(weight.device)
@@ -240,22 +239,14 @@ def merge_lora_layer(layer: nn.Module, weights: AdapterWeights, scale: float = 1
         else:  # each output row of the adapted weight gets the trained magnitude
             norm = merged.flatten(1).norm(dim=1)
             merged = merged * (magnitude / norm).view(-1, *([1] * (merged.dim() - 1)))
-    weight.copy_(merged.to(weight.dtype))
+    return merged
 
 
-def apply_lora(
-    components: dict[str, nn.Module], lora: LoRAFile, family: str, scale: float = 1.0
-) -> dict[str, int]:
-    """Merge every layer of ``lora`` into the base components; returns the number of layers per component.
-
-    Args:
-        components: ``{"unet": ..., "text_encoder": ..., "text_encoder_2": ...}`` of the base model.
-        lora: From :func:`read_lora_file`.
-        family: The base model's family (``sd15`` / ``sdxl``).
-        scale: Strength: 1 applies the LoRA as trained, 0.5 half of it.
+def matched_layers(components: dict[str, nn.Module], lora: LoRAFile, family: str) -> dict[str, tuple]:
+    """Each layer of ``lora`` -> (component, path, base layer), checked: family, names, shapes.
 
     Raises:
-        LoRAFileError: The file is for another family, or a layer has no counterpart or the wrong shape.
+        LoRAFileError: Another family's file, or a layer without a counterpart or of the wrong shape.
     """
     check_family(lora, family)
     table = layer_table(components, family)
@@ -285,10 +276,24 @@ def apply_lora(
                 f"{lora.path}: {name}.dora_scale has {weights.magnitude.numel()} magnitudes per input "
                 f"channel, but the base model's {path} has {inputs} input channels"
             )
+    return {name: table[name] for name in lora.modules}
+
+
+@torch.no_grad()
+def apply_lora(
+    components: dict[str, nn.Module], lora: LoRAFile, family: str, scale: float = 1.0
+) -> dict[str, int]:
+    """Merge every layer of ``lora`` into the base components; returns the number of layers per component.
+
+    Args:
+        components: ``{"unet": ..., "text_encoder": ..., "text_encoder_2": ...}`` of the base model.
+        lora: From :func:`read_lora_file`.
+        family: The base model's family (``sd15`` / ``sdxl``).
+        scale: Strength: 1 applies the LoRA as trained, 0.5 half of it. Refusals: :func:`matched_layers`.
+    """
     counts: dict[str, int] = {}
-    for name, weights in lora.modules.items():
-        component, _, layer = table[name]
-        merge_lora_layer(layer, weights, scale)
+    for name, (component, _, layer) in matched_layers(components, lora, family).items():
+        layer.weight.copy_(merged_weight(layer.weight, lora.modules[name], scale).to(layer.weight.dtype))
         counts[component] = counts.get(component, 0) + 1
     log.info("applied %s at scale %g: %s", lora.path.name, scale, counts)
     return counts
