@@ -56,7 +56,7 @@ def export_lora(
 
     Args:
         lora: The LoRA ``.safetensors`` file (kohya or diffusers format).
-        to: The format to write: ``lora``, kohya's plain LoRA (``lora_down``/``lora_up``/``alpha``).
+        to: The format to write: ``lora``, kohya's plain LoRA (``lora_down``/``lora_up``, scale 1).
         max_error: Bound on each layer's relative error (0.01 = 1% of the update's norm).
         max_rank: Cap on each layer's rank (a layer that needs more is written at the cap, its error
             reported); unset: as high as the bound needs.
@@ -65,8 +65,6 @@ def export_lora(
         out: The file to write (never replaced); unset: ``NAME-plain.safetensors`` beside the input.
         device: Where the updates and SVDs are computed; ``auto`` picks CUDA, then MPS, then CPU.
     """
-    if to != "lora":
-        raise ConfigError(f"--to must be lora, got {to!r}")
     if not 0 <= max_error < 1:
         raise ConfigError(f"--max_error must be in [0, 1), got {max_error}")
     if max_rank is not None and max_rank < 1:
