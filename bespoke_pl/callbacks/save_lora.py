@@ -41,7 +41,8 @@ class SaveLoRAEveryEpoch(L.Callback):
         save_dtype: Dtype of the saved weights (float16 halves the file; training stays float32).
         every_n_epochs: Save every N epochs (the last epoch is always saved).
         format: ``kohya`` (sd-scripts' format, which ComfyUI, A1111/Forge and diffusers all load; LyCORIS'
-            keys for LoHa, LoKr and DoRA's ``dora_scale``, which diffusers drops) or ``diffusers``
+            keys for LoHa and LoKr, which diffusers refuses, and DoRA's ``dora_scale``, which diffusers
+            drops and others misapply: see docs/lora-export.md) or ``diffusers``
             (diffusers/PEFT naming for ``load_lora_weights``; holds LoRA and DoRA, not LoHa / LoKr).
         export_plain: With DoRA, also write each file as a plain LoRA beside it
             (``NAME-000001-plain.safetensors``, ``python -m bespoke_pl export``'s default bound), which the
