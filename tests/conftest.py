@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from documented import DEMO, Workspace
 
 from bespoke_pl.data.demo import write_demo_dataset
 from bespoke_pl.offline.tiny import write_tiny_model
@@ -29,6 +30,17 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 16 demo punks: punk_000.png + punk_000.txt ... punk_015."""
     return write_demo_dataset(tmp_path_factory.mktemp("demo") / "punks", count=16)
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Path]:
+    """The README's demo command, run as written once per session in a user's checkout (tests/documented.py).
+
+    Returns the workspace and the run folder, ``logs/demo/version_0``. Tests read it, never change it.
+    """
+    workspace = Workspace.create(tmp_path_factory.mktemp("documented"))
+    workspace.run(DEMO)
+    return workspace, workspace.work / "logs" / "demo" / "version_0"
 
 
 @dataclass

@@ -141,8 +141,8 @@ def test_the_sdxl_seed_config_converts_to_the_native_sdxl_run(work, capsys):
     assert 'pixel_scale: 40  # kohya resolution = "24,24"' in text and said("a 3x3 latent", text)
     assert said("changed: 8-bit", text) and said("kohya flip_aug = false: bespoke_pl never flips", text)
     assert "warning: 1 kohya settings" in warnings and "--w/--h 1024x1024" in warnings
-    excerpt = re.search(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)[1]
-    assert excerpt in text  # the README shows what the command writes
+    excerpt = re.search(r"```yaml\n(.*?)```", (ROOT / "docs" / "kohya.md").read_text(), re.S)[1]
+    assert excerpt in text  # the docs show what the command writes
 
 
 def test_the_sd15_seed_config_converts_to_the_native_sd15_run(work, capsys):
@@ -158,8 +158,8 @@ def test_the_sd15_seed_config_converts_to_the_native_sd15_run(work, capsys):
     assert config["sample"]["prompts_file"] is None and not warnings
 
 
-def test_the_readme_shows_the_shipped_kohya_configs():
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_show_the_shipped_kohya_configs():
+    readme = (ROOT / "docs" / "kohya.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
     assert sorted(blocks) == sorted(path.read_text() for path in SEEDS)
 

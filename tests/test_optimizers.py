@@ -1,4 +1,4 @@
-"""The optimizers users pick (README: Optimizers) and LoRA+: each README block trains as written, the
+"""The optimizers users pick (docs/training-options.md: Optimizers) and LoRA+: each docs block trains as written, the
 pairings that train badly are refused before anything loads, and LoRA+'s groups follow the paper."""
 
 import importlib.util
@@ -24,8 +24,13 @@ ROOT = Path(__file__).parents[1]
 
 
 def readme_blocks() -> dict[str, str]:
-    """The README's Optimizers subsection: each ```yaml block by the optimizer's bold name before it."""
-    section = ROOT.joinpath("README.md").read_text().split("### Optimizers\n", 1)[1].split("\n## ", 1)[0]
+    """docs/training-options.md's Optimizers section: each ```yaml block by the optimizer's bold name before it."""
+    section = (
+        ROOT.joinpath("docs", "training-options.md")
+        .read_text()
+        .split("## Optimizers\n", 1)[1]
+        .split("\n## ", 1)[0]
+    )
     blocks = {}
     for match in re.finditer(r"```yaml\n(.*?)```", section, re.S):
         name = re.findall(r"\*\*([^*]+)\*\*", section[: match.start()])[-1]
@@ -233,7 +238,7 @@ FREE_WARMUP = (
     "model.lr_warmup_steps 5 with AdamWScheduleFree: a schedule-free optimizer warms up itself; set "
     "model.lr_warmup_steps 0 and model.optimizer.init_args.warmup_steps 5 instead"
 )
-REFUSED = [  # (README block, what is added after it, the start of the error)
+REFUSED = [  # (docs block, what is added after it, the start of the error)
     ("Prodigy", ["--model.optimizer.lr=1e-4"], PRODIGY_LR),
     ("Prodigy", ["--model.lr_schedule=linear"], PRODIGY_LINEAR),
     ("Prodigy", ["--model.lr_warmup_steps=5", "--model.optimizer.safeguard_warmup=false"], PRODIGY_WARMUP),

@@ -75,9 +75,9 @@ def test_shipped_vae_round_trips_both_demo_styles():
 
 @pytest.mark.parametrize("family", ["sdxl", "sd15"])
 def test_shipped_base_draws_base_style_heads(family):
-    # The issue of record's bars, on the shipped weights (README, "Tiny bases"), with Euler a: SDXL IoU
+    # The issue of record's bars, on the shipped weights (docs/tiny-bases.md), with Euler a: SDXL IoU
     # 0.90, SD 1.5 0.87, no torsos. A random tiny base scores an IoU of about 0.43 and no faces of either
-    # style; deterministic Euler leaves a background grain on a few seeds (IoU 0.76-0.78, see the README).
+    # style; deterministic Euler leaves a background grain on a few seeds (IoU 0.76-0.78, see docs/tiny-bases.md).
     values = measure_base(f"tiny-punks:{family}")
     assert values["silhouette_iou"] >= 0.8 and values["art/silhouette_iou"] >= 0.8, values
     assert values["torso_share"] == 0, values

@@ -1,4 +1,4 @@
-"""The README's "Training from Python" example, run as written: a Trainer built in Python gets the same
+"""docs/python.md's "Training from Python" example, run as written: a Trainer built in Python gets the same
 files as the CLI and the module's own callbacks (resume, safe stop, atomic checkpoints)."""
 
 import os
@@ -7,18 +7,18 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-README = Path(__file__).parents[1] / "README.md"
+PAGE = Path(__file__).parents[1] / "docs" / "python.md"
 
 
 def readme_python_example() -> str:
-    section = README.read_text().split("## Training from Python", 1)[1]
+    section = PAGE.read_text().split("# Training from Python", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
 def test_the_readme_python_example_trains_and_writes_the_run_files(tmp_path, monkeypatch, trained_sdxl):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(readme_python_example(), "README.md", "exec"), namespace)
+    exec(compile(readme_python_example(), "docs/python.md", "exec"), namespace)
     trainer = namespace["trainer"]
     run = tmp_path / "logs" / "python" / "version_0"
     lora = run / "punks-000001.safetensors"
