@@ -10,7 +10,8 @@ PACKAGE = Path(bespoke_pl.__file__).parent
 # Lowest first. A module may import its own folder and the folders of lower rank; equal rank, different
 # folder (errors / files, lora / offline) is not allowed either: they are independent. The callbacks sit
 # below training so that the LightningModule can return its own (configure_callbacks); the data sit above
-# diffusion because the captions are checked with the base model's tokenizer.
+# diffusion because the captions are checked with the base model's tokenizer. The kohya converter, a
+# side product, sits above the trainer and below the commands (it writes a fit config).
 RANKS = {
     "errors": 0,
     "files": 0,
@@ -21,7 +22,8 @@ RANKS = {
     "data": 4,
     "callbacks": 5,
     "training": 6,
-    "commands": 7,
+    "kohya": 7,
+    "commands": 8,
 }
 
 

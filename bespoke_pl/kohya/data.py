@@ -14,11 +14,11 @@ from typing import Any
 
 from PIL import Image
 
-from bespoke_pl.commands.kohya.keys import REASON
-from bespoke_pl.commands.kohya.reading import read_table
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs, as_flag, as_number, toml_value
-from bespoke_pl.commands.kohya.validation import convert_validation
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.keys import REASON
+from bespoke_pl.kohya.reading import read_table
+from bespoke_pl.kohya.record import Conversion, KohyaArgs, as_flag, as_number, toml_value
+from bespoke_pl.kohya.validation import convert_validation
 
 # The pixel_scale of the shipped configs (configs/sdxl.yaml, sd15.yaml): near the base's native size
 # (README, "Why pixel_scale"). Used when kohya's resolution is the art's own size.

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bespoke_pl.commands.kohya.data import convert_data
-from bespoke_pl.commands.kohya.keys import CONVERTED, REASON
-from bespoke_pl.commands.kohya.network import convert_base, convert_loraplus, convert_network
-from bespoke_pl.commands.kohya.objective import convert_objective
-from bespoke_pl.commands.kohya.outputs import convert_outputs, convert_sampling
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
-from bespoke_pl.commands.kohya.training import (
+from bespoke_pl.kohya.data import convert_data
+from bespoke_pl.kohya.keys import CONVERTED, REASON
+from bespoke_pl.kohya.network import convert_base, convert_loraplus, convert_network
+from bespoke_pl.kohya.objective import convert_objective
+from bespoke_pl.kohya.outputs import convert_outputs, convert_sampling
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
+from bespoke_pl.kohya.training import (
     check_optimizer,
     convert_length,
     convert_optimizer,

@@ -1,5 +1,5 @@
 """kohya's training options as ``fit`` options: optimizer and learning rates, schedule, length, precision,
-memory and caches (the objective is :mod:`~bespoke_pl.commands.kohya.objective`'s).
+memory and caches (the objective is :mod:`~bespoke_pl.kohya.objective`'s).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-from bespoke_pl.commands.kohya.data import DataFacts
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.data import DataFacts
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.training.optimizer_choices import INSTALL, is_schedule_free, optimizer_problems
 
 EIGHT_BIT = (
