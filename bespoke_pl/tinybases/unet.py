@@ -5,12 +5,13 @@ conditioning, timestep sampling, learning-rate schedule and EMA.
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 
 import torch
 
+from bespoke_pl.callbacks.ema import ema_decay as decay_at
+from bespoke_pl.callbacks.ema import start_average, update_average
 from bespoke_pl.data.demo import SIZE
 from bespoke_pl.diffusion.conditioning import encode_prompts, predict_noise
 from bespoke_pl.diffusion.objective import (
@@ -18,12 +19,12 @@ from bespoke_pl.diffusion.objective import (
     alphas_cumprod_from_config,
     diffusion_loss,
     make_noise,
-    sample_timesteps,
 )
+from bespoke_pl.diffusion.timesteps import sample_training_timesteps
 from bespoke_pl.offline.tiny import Family
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.tinybases.punks import PIXEL_SCALE, punk_batch
-from bespoke_pl.tinybases.vae import cosine
+from bespoke_pl.training.optim import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ def train_unet(
     clip_skip, size = CLIP_SKIP[family], SIZE * PIXEL_SCALE
     scale = vae.config.scaling_factor
     trained = torch.nn.ModuleList([unet, *text_encoders]).train().requires_grad_(True)
-    ema = copy.deepcopy(trained).requires_grad_(False)
-    optimizer = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=0.01)
+    parameters = list(trained.parameters())
+    average = start_average(parameters)  # the trainer's EMA, with its warmup (LoRAEMA)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    schedule = lr_factor("cosine", 200, steps)  # the trainer's schedule (model.lr_schedule cosine)
     for step in range(steps):
         images, captions = punk_batch(rng, batch_size)
         captions = ["" if rng.random() < caption_dropout else c for c in captions]
@@ -93,25 +96,22 @@ def train_unet(
             latents = vae.encode(x).latent_dist.mean * scale  # the posterior mean, as the trainer caches
         embeds = encode_prompts(captions, tokenizers, text_encoders, clip_skip)
         noise = make_noise(latents, noise_offset, generator=generator)
-        timesteps = sample_timesteps(batch_size, len(alphas), generator=generator)
+        timesteps = sample_training_timesteps(batch_size, len(alphas), generator=generator)  # uniform
         noisy = add_noise(latents, noise, timesteps, alphas)
         # Epsilon MSE, SD's own objective, up-weighted at high noise only (see Args): min-SNR weighting,
         # which down-weights the low-noise steps instead, left a grain of undenoised latent noise.
         weights = (1 / alphas[timesteps]).clamp(max=high_noise_weight) if high_noise_weight > 1 else None
         loss = diffusion_loss(predict_noise(unet, noisy, timesteps, embeds, size), noise, weights)
         for group in optimizer.param_groups:
-            group["lr"] = lr * cosine(step, steps, 200)
+            group["lr"] = lr * schedule(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for kept, current in zip(ema.parameters(), trained.parameters(), strict=True):
-                kept.lerp_(current, 1 - decay)
+        update_average(average, parameters, decay_at(ema_decay, step, warmup=True))
         if step % 250 == 0 or step == steps - 1:
             log.info("unet step %d/%d: loss %.4f", step + 1, steps, loss.item())
     with torch.no_grad():
-        for current, kept in zip(trained.parameters(), ema.parameters(), strict=True):
+        for current, kept in zip(parameters, average, strict=True):
             current.copy_(kept)
     trained.eval().requires_grad_(False)
