@@ -76,10 +76,22 @@ def pretrain_tiny(
     lines = []
     if measure is None:
         started = time.perf_counter()
-        measure = str(pretrain_tiny_punks(
-            family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from,
-            noise_offset, high_noise_weight, refine_steps, unet_from, unet_lr,
-        ))  # fmt: skip
+        written = pretrain_tiny_punks(
+            family=family,
+            out=folder,
+            seed=seed,
+            vae_steps=vae_steps,
+            decoder_steps=decoder_steps,
+            refine_steps=refine_steps,
+            unet_steps=unet_steps,
+            batch_size=batch_size,
+            vae_from=vae_from,
+            unet_from=unet_from,
+            unet_lr=unet_lr,
+            noise_offset=noise_offset,
+            high_noise_weight=high_noise_weight,
+        )
+        measure = str(written)
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"
         )

@@ -103,10 +103,19 @@ def pretrain_tiny_punks(
             log.info("%s", line)
         vae.eval().requires_grad_(False)
         train_unet(
-            base.unet, vae, base.tokenizers, base.text_encoders, family, base.scheduler_config,
-            unet_steps, batch_size, seed + 2, lr=unet_lr, noise_offset=noise_offset,
+            base.unet,
+            vae,
+            base.tokenizers,
+            base.text_encoders,
+            family,
+            base.scheduler_config,
+            steps=unet_steps,
+            batch_size=batch_size,
+            seed=seed + 2,
+            lr=unet_lr,
+            noise_offset=noise_offset,
             high_noise_weight=high_noise_weight,
-        )  # fmt: skip
+        )
         with atomic_folder(out) as tmp:
             # The start's tokenizers, scheduler and index as they are; every trained part saved over its copy.
             shutil.copytree(start, tmp, dirs_exist_ok=True)
@@ -118,6 +127,10 @@ def pretrain_tiny_punks(
     total = time.perf_counter() - started
     log.info(
         "pretrained tiny-punks %s in %.0f s (VAE %.0f s, UNet %.0f s): %s",
-        family, total, vae_done - started, total - (vae_done - started), out,
-    )  # fmt: skip
+        family,
+        total,
+        vae_done - started,
+        total - (vae_done - started),
+        out,
+    )
     return Path(out)

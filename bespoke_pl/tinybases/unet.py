@@ -24,6 +24,7 @@ from bespoke_pl.diffusion.timesteps import sample_training_timesteps
 from bespoke_pl.offline.tiny import Family
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.tinybases.punks import PIXEL_SCALE, punk_batch
+from bespoke_pl.tinybases.vae import scheduled_step
 from bespoke_pl.training.optim import lr_factor
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,21 @@ UNET_LR = 1e-3  # peak; the shipped bases' second cycle (--unet_from) ran at 3e-
 
 
 def train_unet(
-    unet, vae, tokenizers, text_encoders, family: Family, scheduler_config: dict, steps: int,
-    batch_size: int, seed: int, lr: float = UNET_LR, ema_decay: float = 0.999, caption_dropout: float = 0.1,
-    noise_offset: float = NOISE_OFFSET, high_noise_weight: float = HIGH_NOISE_WEIGHT,
-):  # fmt: skip
+    unet,
+    vae,
+    tokenizers,
+    text_encoders,
+    family: Family,
+    scheduler_config: dict,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = UNET_LR,
+    ema_decay: float = 0.999,
+    caption_dropout: float = 0.1,
+    noise_offset: float = NOISE_OFFSET,
+    high_noise_weight: float = HIGH_NOISE_WEIGHT,
+):
     """Train the UNet and the text encoders as a text-to-image denoiser of base-style punks, in place.
 
     The text encoders train with the UNet: random CLIP features differ between captions by only a few
@@ -102,12 +114,7 @@ def train_unet(
         # which down-weights the low-noise steps instead, left a grain of undenoised latent noise.
         weights = (1 / alphas[timesteps]).clamp(max=high_noise_weight) if high_noise_weight > 1 else None
         loss = diffusion_loss(predict_noise(unet, noisy, timesteps, embeds, size), noise, weights)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * schedule(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        scheduled_step(optimizer, parameters, loss, lr * schedule(step))
         update_average(average, parameters, decay_at(ema_decay, step, warmup=True))
         if step % 250 == 0 or step == steps - 1:
             log.info("unet step %d/%d: loss %.4f", step + 1, steps, loss.item())

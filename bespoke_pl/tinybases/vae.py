@@ -33,9 +33,13 @@ def _art_batch(rng: random.Random, size: int, crop: int) -> torch.Tensor:
 
 
 def _vae_loss(
-    vae, art: torch.Tensor, generator: torch.Generator, kl_weight: float, block_weight: float = 4.0,
+    vae,
+    art: torch.Tensor,
+    generator: torch.Generator,
+    kl_weight: float,
+    block_weight: float = 4.0,
     latent_noise: torch.Tensor | None = None,
-):  # fmt: skip
+):
     """(loss, reconstruction) of one batch of art; see :func:`train_vae`. ``latent_noise``: per image, the
     std of extra Gaussian noise on the latent (unscaled units), as a diffusion sample's error adds."""
     x = to_model_range(upscale_nearest(art, PIXEL_SCALE)).contiguous(memory_format=torch.channels_last)
@@ -53,6 +57,17 @@ def _vae_loss(
     return reconstruction + kl_weight * posterior.kl().mean() / posterior.mean[0].numel(), reconstruction
 
 
+def scheduled_step(optimizer: torch.optim.Optimizer, parameters, loss: torch.Tensor, lr: float) -> None:
+    """One optimizer step of ``loss`` at ``lr`` (the schedule's rate for this step), the gradient's norm
+    clipped to 1 (as ``fit``'s ``gradient_clip_val`` 1): how every stage of the recipe steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+
+
 def _optimise(vae, parameters, steps: int, lr: float, batches, loss, name: str) -> None:
     """``steps`` AdamW steps of ``loss(art)`` on ``batches(step)``, cosine after 100 warm-up steps."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
@@ -61,12 +76,7 @@ def _optimise(vae, parameters, steps: int, lr: float, batches, loss, name: str) 
     vae.to(memory_format=torch.channels_last).train()
     for step in range(steps):
         value, reconstruction = loss(batches(step))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * schedule(step)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        scheduled_step(optimizer, parameters, value, lr * schedule(step))
         if step % 250 == 0 or step == steps - 1:
             log.info("%s step %d/%d: reconstruction %.4f", name, step + 1, steps, reconstruction.item())
     vae.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
@@ -123,9 +133,14 @@ def polish_decoder(vae, steps: int, batch_size: int, seed: int, lr: float = 5e-4
 
 
 def refine_decoder(
-    vae, steps: int, batch_size: int, seed: int, lr: float = 3e-4, latent_noise: float = 0.05,
+    vae,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 3e-4,
+    latent_noise: float = 0.05,
     block_weight: float = 8.0,
-) -> None:  # fmt: skip
+) -> None:
     """A second decoder-only fine-tune, for exact colours in any skin tone and some slack for samples.
 
     Whole images, ``batch_size / 2`` a step: a quarter base punks, the rest split between
