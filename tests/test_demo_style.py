@@ -6,7 +6,7 @@ import torch
 from bespoke_pl.data.demo import BACKGROUNDS, NEON_SKINS, SKINS, caption, demo_traits
 from bespoke_pl.data.demo_style import background_matches, demo_measures, face_styles, prompted_background
 from bespoke_pl.pixelart.palette import oklab
-from bespoke_pl.training.pretrain_vae import punk_image
+from bespoke_pl.tinybases.punks import punk_image
 
 
 def punks(style: str, count: int = 64) -> tuple[torch.Tensor, list[str]]:

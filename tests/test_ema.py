@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bespoke_pl.callbacks.ema import LoRAEMA, ema_decay
+from bespoke_pl.callbacks.ema import LoRAEMA, ema_decay, start_average, update_average
 from bespoke_pl.callbacks.resume import RunCheckpoint
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
 from bespoke_pl.data.datamodule import PixelArtDataModule
@@ -21,6 +21,19 @@ def test_decay_warms_up_to_its_value():
     assert ema_decay(0.999, 0, warmup=False) == 0.999
     with pytest.raises(ValueError, match=r"ema.decay must be in \(0, 1\)"):
         LoRAEMA(decay=1.0)
+
+
+def test_the_average_is_the_ema_formula_and_a_copy():
+    """The functions LoRAEMA and the tiny bases' recipe (bespoke_pl.tinybases.unet) both average with."""
+    weights = [torch.tensor([1.0, 2.0]), torch.tensor([[4.0]], dtype=torch.float64)]
+    average = start_average(weights)
+    assert all(a.dtype == torch.float32 for a in average)
+    weights[0].add_(1.0)  # a copy: the weights moving on leave the start alone
+    assert torch.equal(average[0], torch.tensor([1.0, 2.0]))
+    update_average(average, [torch.tensor([3.0, 0.0]), torch.tensor([[0.0]])], decay=0.75)
+    assert torch.allclose(average[0], torch.tensor([1.5, 1.5])) and torch.allclose(
+        average[1], torch.tensor([[3.0]])
+    )
 
 
 class Snapshots(L.Callback):

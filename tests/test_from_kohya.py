@@ -13,7 +13,7 @@ from failing import run
 from PIL import Image
 
 from bespoke_pl.commands.cli import BespokeCLI, main
-from bespoke_pl.commands.kohya.keys import KOHYA_OPTIONS
+from bespoke_pl.kohya.keys import KOHYA_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = sorted((ROOT / "configs" / "kohya").glob("*.toml"))

@@ -10,7 +10,9 @@ PACKAGE = Path(bespoke_pl.__file__).parent
 # Lowest first. A module may import its own folder and the folders of lower rank; equal rank, different
 # folder (errors / files, lora / offline) is not allowed either: they are independent. The callbacks sit
 # below training so that the LightningModule can return its own (configure_callbacks); the data sit above
-# diffusion because the captions are checked with the base model's tokenizer.
+# diffusion because the captions are checked with the base model's tokenizer. The side products sit
+# beside each other, above the trainer and below the commands: the kohya converter (it writes a fit config)
+# and the tiny-base pretraining recipe (it reuses the trainer's objective, schedule and EMA).
 RANKS = {
     "errors": 0,
     "files": 0,
@@ -21,7 +23,9 @@ RANKS = {
     "data": 4,
     "callbacks": 5,
     "training": 6,
-    "commands": 7,
+    "kohya": 7,
+    "tinybases": 7,
+    "commands": 8,
 }
 
 

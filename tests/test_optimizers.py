@@ -18,9 +18,17 @@ from safetensors.torch import load_file
 from bespoke_pl.commands.cli import main
 from bespoke_pl.lora.files import kohya_tensors
 from bespoke_pl.lora.inject import lora_weights
-from bespoke_pl.training.optim import apply_loraplus, lora_groups
+from bespoke_pl.training.optim import apply_loraplus, lora_groups, lr_factor
 
 ROOT = Path(__file__).parents[1]
+
+
+def test_lr_schedules_warm_up_then_hold_or_decay_to_zero():
+    """The trainer's schedule, which the tiny bases' recipe (bespoke_pl.tinybases) steps with too."""
+    cosine, linear, constant = (lr_factor(kind, 10, 110) for kind in ("cosine", "linear", "constant"))
+    assert [cosine(0), cosine(9), cosine(10)] == [0.1, 1.0, 1.0]
+    assert cosine(60) == pytest.approx(0.5) and linear(60) == pytest.approx(0.5) and constant(60) == 1.0
+    assert cosine(110) == cosine(500) == linear(110) == 0.0  # past the end: the last value
 
 
 def readme_blocks() -> dict[str, str]:

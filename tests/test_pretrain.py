@@ -10,9 +10,10 @@ from bespoke_pl.commands.cli import main
 from bespoke_pl.diffusion.base import load_base, resolve_spec
 from bespoke_pl.errors import BaseModelError
 from bespoke_pl.offline.pretrained import PRETRAINED_DIR, tiny_punks_path
-from bespoke_pl.training.measure import measure_base
-from bespoke_pl.training.pretrain import pretrain_tiny_punks
-from bespoke_pl.training.pretrain_vae import punk_image, vae_report
+from bespoke_pl.tinybases.measure import measure_base
+from bespoke_pl.tinybases.pretrain import pretrain_tiny_punks
+from bespoke_pl.tinybases.punks import punk_image
+from bespoke_pl.tinybases.vae import vae_report
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -31,6 +31,18 @@ def ema_decay(decay: float, updates: int, warmup: bool) -> float:
     return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
 
 
+def start_average(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The average before its first update: a float32 copy of ``params``."""
+    return [p.detach().float().clone() for p in params]
+
+
+def update_average(average: list[torch.Tensor], params: list[torch.Tensor], decay: float) -> None:
+    """One update, in place: ``average = decay * average + (1 - decay) * params`` (the trainer's LoRA
+    weights, and the tiny bases' whole UNet and text encoders, :mod:`bespoke_pl.tinybases.unet`)."""
+    with torch.no_grad():
+        torch._foreach_lerp_(average, [p.detach() for p in params], 1.0 - decay)
+
+
 class LoRAEMA(L.Callback):
     """EMA of the trained LoRA weights: its own per-epoch file, and optionally the samples and validation.
 
@@ -80,7 +92,7 @@ class LoRAEMA(L.Callback):
             self.updates = self._pending["updates"]
             self._pending = None
         else:
-            self.shadow = [p.detach().float().clone() for p in params]
+            self.shadow = start_average(params)
         self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
@@ -88,9 +100,8 @@ class LoRAEMA(L.Callback):
         if self.shadow is None or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        weight = 1.0 - ema_decay(self.decay, self.updates, self.warmup)
-        with torch.no_grad():  # LoRA parameters train in float32, as the average is kept
-            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], weight)
+        # LoRA parameters train in float32, as the average is kept
+        update_average(self.shadow, self.params, ema_decay(self.decay, self.updates, self.warmup))
         self.updates += 1
 
     @contextlib.contextmanager

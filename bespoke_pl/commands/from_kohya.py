@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 from bespoke_pl.callbacks.faults import write_file
-from bespoke_pl.commands.kohya.convert import convert
-from bespoke_pl.commands.kohya.reading import read_table
-from bespoke_pl.commands.kohya.record import Conversion
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.convert import convert
+from bespoke_pl.kohya.reading import read_table
+from bespoke_pl.kohya.record import Conversion
 
 
 def from_kohya(toml: str, out: str | None = None, family: Literal["auto", "sd15", "sdxl"] = "auto") -> None:

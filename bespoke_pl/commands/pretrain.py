@@ -11,7 +11,7 @@ from bespoke_pl.commands.options import new_folder
 from bespoke_pl.diffusion.sampling import Sampler
 from bespoke_pl.errors import ConfigError
 from bespoke_pl.offline.tiny import Family
-from bespoke_pl.training.pretrain import HIGH_NOISE_WEIGHT, NOISE_OFFSET, UNET_LR, pretrain_tiny_punks
+from bespoke_pl.tinybases.pretrain import HIGH_NOISE_WEIGHT, NOISE_OFFSET, UNET_LR, pretrain_tiny_punks
 
 
 def pretrain_tiny(
@@ -61,7 +61,7 @@ def pretrain_tiny(
         high_noise_weight: Cap of the UNet loss's high-noise weight ``1 / alpha_bar`` (1: plain epsilon MSE).
     """
     from bespoke_pl.diffusion.base import family_of_folder
-    from bespoke_pl.training.measure import measure_base
+    from bespoke_pl.tinybases.measure import measure_base
 
     if measure is None:
         # The folder is written after the training: a taken --out or a missing --vae_from must fail now.
@@ -76,10 +76,22 @@ def pretrain_tiny(
     lines = []
     if measure is None:
         started = time.perf_counter()
-        measure = str(pretrain_tiny_punks(
-            family, folder, seed, vae_steps, decoder_steps, unet_steps, batch_size, vae_from,
-            noise_offset, high_noise_weight, refine_steps, unet_from, unet_lr,
-        ))  # fmt: skip
+        written = pretrain_tiny_punks(
+            family=family,
+            out=folder,
+            seed=seed,
+            vae_steps=vae_steps,
+            decoder_steps=decoder_steps,
+            refine_steps=refine_steps,
+            unet_steps=unet_steps,
+            batch_size=batch_size,
+            vae_from=vae_from,
+            unet_from=unet_from,
+            unet_lr=unet_lr,
+            noise_offset=noise_offset,
+            high_noise_weight=high_noise_weight,
+        )
+        measure = str(written)
         lines.append(
             f"pretrained {measure} in {time.perf_counter() - started:.0f} s on {threads} CPU threads"
         )

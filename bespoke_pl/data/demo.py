@@ -2,7 +2,7 @@
 
 Each image comes with a caption built from the traits actually drawn, so a trained LoRA can be
 checked against known attributes. Two styles share the drawing and the captions and differ in the skin
-tones: ``base`` (the tones the pretrained tiny bases learned, :mod:`bespoke_pl.training.pretrain`) and ``neon``
+tones: ``base`` (the tones the pretrained tiny bases learned, :mod:`bespoke_pl.tinybases.pretrain`) and ``neon``
 (saturated tones those bases never saw; the demo's training set, so what the LoRA learns is visible).
 ``"demo:punks"`` names the cached neon set wherever a data folder is expected, ``"demo:base-punks"``
 the base-style set.

@@ -1,7 +1,7 @@
 """The pretrained tiny bases shipped in the package, and how well a base draws the demo punks.
 
 ``tiny-punks:sdxl`` and ``tiny-punks:sd15`` name diffusers folders under ``bespoke_pl/offline/weights/``, made
-by :mod:`bespoke_pl.training.pretrain` (``python -m bespoke_pl pretrain-tiny``). They are loaded by the same
+by :mod:`bespoke_pl.tinybases.pretrain` (``python -m bespoke_pl pretrain-tiny``). They are loaded by the same
 ``from_pretrained`` code as the real models. Unlike ``tiny:*`` (random weights, for unit tests) they draw
 base-style punks, so samples, metrics and tests of a LoRA trained on them mean something.
 """

@@ -1,3 +1,3 @@
-"""Training: the LightningModule, its caches and speed wiring, pre-flight checks, fault handling, and the
-pretraining recipe of the tiny punk bases.
+"""Training: the LightningModule, its caches and speed wiring, pre-flight checks and fault handling
+(the tiny punk bases' pretraining recipe is :mod:`bespoke_pl.tinybases`).
 """

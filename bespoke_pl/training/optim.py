@@ -20,14 +20,18 @@ PLUS = "_plus"  # suffix of the LoRA+ groups: "unet_plus", "te_plus"
 def lr_factor(kind: str, warmup: int, total: int):
     """The learning-rate multiplier per optimizer step: linear warmup, then constant, linear or cosine."""
 
+    span = max(1, total - warmup)
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        done = min(step - warmup, span)  # past the end: the schedule's last value
         if kind == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * progress))
+            # pi * done / span, in this order: the tiny bases' recipe (bespoke_pl.tinybases) made the
+            # shipped weights with exactly these floats
+            return 0.5 * (1 + math.cos(math.pi * done / span))
         if kind == "linear":
-            return 1.0 - progress
+            return 1.0 - done / span
         return 1.0
 
     return factor

@@ -6,9 +6,9 @@ masked loss. Each is the same computation in bespoke_pl (``bespoke_pl/diffusion/
 
 from __future__ import annotations
 
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.diffusion.losses import HUBER_SCHEDULES, LOSS_TYPES
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
 
 HUBER_LOSSES = ("huber", "smooth_l1")
 HUBER_KEYS = ("huber_schedule", "huber_c", "huber_scale")

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from bespoke_pl.commands.kohya.keys import SECRETS
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.keys import SECRETS
 
 # The YAML's sections in the order ``fit --print_config`` prints them ("" is the top level).
 SECTIONS = ("", "trainer", "model", "data", "save_lora", "sample", "checkpoint")

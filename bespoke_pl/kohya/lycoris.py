@@ -6,8 +6,8 @@ Read as ``lycoris/kohya.py``'s ``create_network`` reads them (LyCORIS commit f49
 
 from __future__ import annotations
 
-from bespoke_pl.commands.kohya.record import Conversion
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.record import Conversion
 
 FALSE = ("false", "0", "0.0", "none", "")
 # LyCORIS' algo -> bespoke_pl's model.network; lora and locon are both LyCORIS' LoConModule: LoRA, with the

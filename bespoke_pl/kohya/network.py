@@ -1,5 +1,5 @@
 """kohya's base model and network options as ``model.*``: the family, LoRA (``networks.lora``) or LyCORIS
-(``lycoris.kohya``: LoRA/LoCon, LoHa, LoKr, see :mod:`~bespoke_pl.commands.kohya.lycoris`) with rank, alpha
+(``lycoris.kohya``: LoRA/LoCon, LoHa, LoKr, see :mod:`~bespoke_pl.kohya.lycoris`) with rank, alpha
 and convolution rank, LoRA+, and which parts train.
 """
 
@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bespoke_pl.commands.kohya.lycoris import (
+from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.lycoris import (
     FALSE,
     VARIANT,
     VARIANT_ARGS,
@@ -16,8 +17,7 @@ from bespoke_pl.commands.kohya.lycoris import (
     lycoris_network,
     lycoris_options,
 )
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
-from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
 
 SDXL_ONLY = (
     "cache_text_encoder_outputs",

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
 
 HELD_OUT = (
     "which images: kohya draws them at random, bespoke_pl takes those evenly spread over the sorted file "

@@ -6,19 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bespoke_pl.commands.kohya.data import convert_data
-from bespoke_pl.commands.kohya.keys import CONVERTED, REASON
-from bespoke_pl.commands.kohya.network import convert_base, convert_loraplus, convert_network
-from bespoke_pl.commands.kohya.objective import convert_objective
-from bespoke_pl.commands.kohya.outputs import convert_outputs, convert_sampling
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
-from bespoke_pl.commands.kohya.training import (
-    check_optimizer,
-    convert_length,
-    convert_optimizer,
-    convert_precision,
-    convert_schedule,
-)
+from bespoke_pl.kohya.data import convert_data
+from bespoke_pl.kohya.keys import CONVERTED, REASON
+from bespoke_pl.kohya.network import convert_base, convert_loraplus, convert_network
+from bespoke_pl.kohya.objective import convert_objective
+from bespoke_pl.kohya.optimizer import check_optimizer, convert_optimizer
+from bespoke_pl.kohya.outputs import convert_outputs, convert_sampling
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
+from bespoke_pl.kohya.training import convert_length, convert_precision, convert_schedule
 
 NOT_KOHYA = "not an option of kohya's train_network.py or sdxl_train_network.py; kohya ignores it too"
 

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bespoke_pl.commands.kohya.reading import read_table
-from bespoke_pl.commands.kohya.record import Conversion
 from bespoke_pl.errors import ConfigError
+from bespoke_pl.kohya.reading import read_table
+from bespoke_pl.kohya.record import Conversion
 
 # kohya's per-line options and the prompt-dict keys its .toml / .json files use for them
 LINE_OPTIONS = {

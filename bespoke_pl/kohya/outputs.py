@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bespoke_pl.commands.kohya.prompts import convert_prompts, set_sampler
-from bespoke_pl.commands.kohya.record import Conversion, KohyaArgs
+from bespoke_pl.kohya.prompts import convert_prompts, set_sampler
+from bespoke_pl.kohya.record import Conversion, KohyaArgs
 
 LOGGER = "lightning.pytorch.loggers.TensorBoardLogger"
 SAVE_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "float": "float32"}  # kohya's save_precision

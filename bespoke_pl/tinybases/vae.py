@@ -1,63 +1,26 @@
-"""The first stage of the tiny punk bases' pretraining: the endless stream of punks, and the VAE.
+"""The first stage of the tiny punk bases' pretraining: the VAE.
 
 The VAE (the same ``AutoencoderKL``, 8x down, 4 latent channels) trains as a KL autoencoder on
 nearest-upscaled art: base-style punks and random flat-colour pixel art, so it codes colours it never saw
 in a punk; aligned crops first, whole images last, then two decoder-only fine-tunes (the second also on
 punks of any skin colour, :func:`refine_decoder`); its ``scaling_factor`` is measured as SD's was (1 / std
-of the latents). :mod:`bespoke_pl.training.pretrain` runs the stages.
+of the latents). :mod:`bespoke_pl.tinybases.pretrain` runs the stages.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bespoke_pl.data.demo import SIZE, STYLES, caption, demo_traits, draw_punk, sample_traits
+from bespoke_pl.data.demo import SIZE, STYLES
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
+from bespoke_pl.tinybases.punks import PIXEL_SCALE, punk_batch, punk_image, random_art, recoloured_punks
+from bespoke_pl.training.optim import lr_factor
 
 log = logging.getLogger(__name__)
-
-
-PIXEL_SCALE = 8  # the bases draw 24x24 art at 192 px: one art pixel per latent cell
-
-
-def punk_batch(rng: random.Random, size: int, style: str = "base") -> tuple[torch.Tensor, list[str]]:
-    """``size`` fresh punks: uint8 (B, 3, 24, 24) and their captions."""
-    traits = [sample_traits(rng) for _ in range(size)]
-    return torch.stack([punk_tensor(t, style) for t in traits]), [caption(t) for t in traits]
-
-
-def punk_tensor(traits, style: str = "base", skin: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """One drawn punk as uint8 (3, 24, 24); ``skin``: one colour for the skin instead of ``style``'s."""
-    return torch.from_numpy(np.array(draw_punk(traits, style, skin))).permute(2, 0, 1)
-
-
-def random_art(rng: random.Random, size: int) -> torch.Tensor:
-    """Flat-colour pixel art of random colours: uint8 (B, 3, 24, 24), rectangles on a background plus
-    a sprinkle of single pixels, so the VAE learns to code any colour, not only the base palette."""
-    art = torch.empty(size, 3, SIZE, SIZE, dtype=torch.uint8)
-    for image in art:
-        image[:] = torch.tensor([rng.randrange(256) for _ in range(3)], dtype=torch.uint8)[:, None, None]
-        for _ in range(rng.randrange(3, 12)):
-            x0, y0 = rng.randrange(SIZE), rng.randrange(SIZE)
-            x1, y1 = x0 + rng.randrange(1, 9), y0 + rng.randrange(1, 9)
-            image[:, y0:y1, x0:x1] = torch.tensor([rng.randrange(256) for _ in range(3)])[:, None, None]
-        for _ in range(rng.randrange(0, 20)):
-            image[:, rng.randrange(SIZE), rng.randrange(SIZE)] = torch.tensor(
-                [rng.randrange(256) for _ in range(3)]
-            )
-    return art
-
-
-def cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _art_batch(rng: random.Random, size: int, crop: int) -> torch.Tensor:
@@ -70,9 +33,13 @@ def _art_batch(rng: random.Random, size: int, crop: int) -> torch.Tensor:
 
 
 def _vae_loss(
-    vae, art: torch.Tensor, generator: torch.Generator, kl_weight: float, block_weight: float = 4.0,
+    vae,
+    art: torch.Tensor,
+    generator: torch.Generator,
+    kl_weight: float,
+    block_weight: float = 4.0,
     latent_noise: torch.Tensor | None = None,
-):  # fmt: skip
+):
     """(loss, reconstruction) of one batch of art; see :func:`train_vae`. ``latent_noise``: per image, the
     std of extra Gaussian noise on the latent (unscaled units), as a diffusion sample's error adds."""
     x = to_model_range(upscale_nearest(art, PIXEL_SCALE)).contiguous(memory_format=torch.channels_last)
@@ -90,19 +57,26 @@ def _vae_loss(
     return reconstruction + kl_weight * posterior.kl().mean() / posterior.mean[0].numel(), reconstruction
 
 
+def scheduled_step(optimizer: torch.optim.Optimizer, parameters, loss: torch.Tensor, lr: float) -> None:
+    """One optimizer step of ``loss`` at ``lr`` (the schedule's rate for this step), the gradient's norm
+    clipped to 1 (as ``fit``'s ``gradient_clip_val`` 1): how every stage of the recipe steps."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+    optimizer.step()
+
+
 def _optimise(vae, parameters, steps: int, lr: float, batches, loss, name: str) -> None:
     """``steps`` AdamW steps of ``loss(art)`` on ``batches(step)``, cosine after 100 warm-up steps."""
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    schedule = lr_factor("cosine", 100, steps)  # the trainer's schedule
     # channels_last: about 1.5x faster for these small convolutions on CPU; the weights are the same.
     vae.to(memory_format=torch.channels_last).train()
     for step in range(steps):
         value, reconstruction = loss(batches(step))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine(step, steps, 100)
-        optimizer.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
+        scheduled_step(optimizer, parameters, value, lr * schedule(step))
         if step % 250 == 0 or step == steps - 1:
             log.info("%s step %d/%d: reconstruction %.4f", name, step + 1, steps, reconstruction.item())
     vae.to(memory_format=torch.contiguous_format).eval().requires_grad_(False)
@@ -158,22 +132,15 @@ def polish_decoder(vae, steps: int, batch_size: int, seed: int, lr: float = 5e-4
     _optimise(vae, _decoder_only(vae), steps, lr, batches, loss, "decoder")
 
 
-def recoloured_punks(rng: random.Random, size: int) -> torch.Tensor:
-    """``size`` fresh punks, each with one random skin colour: uint8 (B, 3, 24, 24).
-
-    The punks' shading (brows, nose, chin at 0.5-0.82 of the skin) sits a few levels from the skin; in
-    the base tones only, the decoder missed it in saturated tones (a LoRA's neon demo set: 97.45% of
-    pixels exact). Any colour, not the neon one: the UNet still never sees a non-base skin.
-    """
-    traits = [sample_traits(rng) for _ in range(size)]
-    skins = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(size)]
-    return torch.stack([punk_tensor(t, skin=s) for t, s in zip(traits, skins, strict=True)])
-
-
 def refine_decoder(
-    vae, steps: int, batch_size: int, seed: int, lr: float = 3e-4, latent_noise: float = 0.05,
+    vae,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float = 3e-4,
+    latent_noise: float = 0.05,
     block_weight: float = 8.0,
-) -> None:  # fmt: skip
+) -> None:
     """A second decoder-only fine-tune, for exact colours in any skin tone and some slack for samples.
 
     Whole images, ``batch_size / 2`` a step: a quarter base punks, the rest split between
@@ -226,8 +193,3 @@ def vae_report(vae, count: int = 48) -> list[str]:
         result = vae_round_trip(vae, images, PIXEL_SCALE)
         lines.append(f"VAE round trip, {style} demo punks: {result.line()}")
     return lines
-
-
-def punk_image(index: int, style: str, seed: int = 0) -> torch.Tensor:
-    """Demo punk ``index`` of the set ``write_demo_dataset(seed=seed, style=style)`` writes: uint8 (3, 24, 24)."""
-    return punk_tensor(demo_traits(index, seed), style)
