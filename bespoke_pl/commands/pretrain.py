@@ -55,7 +55,7 @@ def pretrain_tiny(
         measure: Measure this base instead of pretraining.
         samples: How many samples the figures are measured on (the issue of record's bar: 16).
         sampler: The sampler of the figures. Euler a: each step's fresh noise is denoised again, so the
-            background grain deterministic Euler leaves on a few seeds of the tiny bases goes (see README).
+            background grain deterministic Euler leaves on a few seeds of the tiny bases goes (see docs/tiny-bases.md).
         noise_offset: Noise offset of the UNet training (with ``high_noise_weight`` 20 it makes the
             samples follow the prompted background; 0 and 1: plain epsilon MSE, the first bases' recipe).
         high_noise_weight: Cap of the UNet loss's high-noise weight ``1 / alpha_bar`` (1: plain epsilon MSE).

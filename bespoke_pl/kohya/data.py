@@ -22,7 +22,7 @@ from bespoke_pl.kohya.record import Conversion, KohyaArgs
 from bespoke_pl.kohya.validation import convert_validation
 
 # The pixel_scale of the shipped configs (configs/sdxl.yaml, sd15.yaml): near the base's native size
-# (README, "Why pixel_scale"). Used when kohya's resolution is the art's own size.
+# (docs/pixel-scale.md). Used when kohya's resolution is the art's own size.
 NATIVE_PIXEL_SCALE = {"sdxl": 40, "sd15": 24}
 ART_SIDE_LIMIT = 128  # a kohya resolution up to this is the art's own size; above it, an upscaled size
 DEFAULT_ART_SIDE = 24  # the art this project is for, when the folder cannot tell
@@ -124,7 +124,7 @@ def _resolution(layers: Layers, conv: Conversion, folder: Path, family: str) -> 
         why = (
             f"{source} gave the VAE the {side} px images as they are (a {latent} latent). bespoke_pl "
             f"upscales every art pixel {native}x by nearest neighbour ({side * native} px, near {family}'s "
-            f"native size) and reduces samples back to {side}x{side}; README, 'Why pixel_scale'"
+            f"native size) and reduces samples back to {side}x{side}; docs/pixel-scale.md"
         )
         conv.set("model.pixel_scale", native, source, why)
         return
