@@ -22,6 +22,7 @@ RANKS = {
     "callbacks": 5,
     "training": 6,
     "commands": 7,
+    "comfyui": 8,  # the ComfyUI node wraps the snap command's palette reading
 }
 
 

@@ -21,7 +21,7 @@ from bespoke_pl.diffusion.sampling import Sampler
 from bespoke_pl.pixelart.contact_sheet import contact_sheet, read_epoch_rows
 from bespoke_pl.pixelart.grid import image_grid, reduce_blocks, upscale_nearest
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
-from bespoke_pl.pixelart.palette import to_art
+from bespoke_pl.pixelart.snap import to_art
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class SampleImages(L.Callback):
         sampler: Sampling scheduler: euler, euler_a, ddim or dpmpp_2m.
         preview_scale: Nearest-upscale factor of the preview PNGs, the TensorBoard grid and the contact sheet.
         snap: Reduce each k x k block to one art pixel (off: the final image stays at 24k px).
-        palette_lock: Replace every pixel by the nearest training-palette colour (OKLab).
+        palette_lock: Replace every pixel by the nearest training-palette colour (sRGB distance, measured best: docs/snap.md).
         metrics: Measure the samples (colours, palette, grid, head shape, copies) and log the values.
         colour_range: Inclusive colour count of a good image, for ``quality/*/colours_in_range``.
         kid: Also log KID against the training images (download-free features; noisy with few samples).
