@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ from bespoke_pl.pixelart.palette import palette_to_hex
 
 # name -> (module to import, what it is given)
 PEERS = {
-    "unfake": ("unfake", "scale + palette"),
+    "unfake": ("unfake", "scale + palette, palette lock after"),
     "ai2pixelart": ("ai2pixelart", "cell size + palette"),
     "proper-pixel-art": ("proper_pixel_art", "scale, palette lock after"),
     "pixel-snapper": ("pixel_snapper", "palette size, palette lock after"),
@@ -77,8 +78,9 @@ def run_pixel_snapper(image: np.ndarray, cell: float, palette: torch.Tensor) -> 
 
 
 RUNNERS: dict[str, tuple[Callable, bool]] = {  # runner, lock its output to the palette afterwards
-    "unfake": (run_unfake, False),
-    "ai2pixelart": (run_ai2pixelart, False),  # both map to the palette themselves
+    # unfake maps to its fixed palette only when the image has more colours than the palette: lock after too
+    "unfake": (run_unfake, True),
+    "ai2pixelart": (run_ai2pixelart, False),  # maps to the palette itself
     "proper-pixel-art": (run_proper_pixel_art, True),
     "pixel-snapper": (run_pixel_snapper, True),
 }
@@ -91,6 +93,7 @@ def peer_art(
     run, lock = RUNNERS[name]
     try:
         array = run(image.permute(1, 2, 0).numpy(), cell, palette)
-    except Exception:  # noqa: BLE001 (a peer's failure on one image counts as a wrong image, not a crash)
+    except Exception as error:  # noqa: BLE001 (a peer's failure on one image counts as a wrong image)
+        logging.getLogger(__name__).warning("%s failed on a %d px image: %r", name, image.shape[-1], error)
         return None
     return _to_art(np.asarray(array), palette, cells, lock)

@@ -121,7 +121,7 @@ def snap_images(
         if preview:
             _write_png(upscale_nearest(result.art[None], preview_scale)[0], targets[1])
         written += targets
-        log.info("%s: %s", path, result.grid.describe())
+        log.debug("%s: %s", path, result.grid.describe())
     return SnapOutcome(written, refused)
 
 
@@ -134,17 +134,18 @@ def normalise_argv(argv: list[str]) -> list[str]:
         arg = argv[i]
         if not arg.startswith("-"):
             inputs.append(arg)
-        elif arg in ("-h", "--help") or "=" in arg:
-            rest.append(
-                "--" + arg[2:].split("=")[0].replace("-", "_") + arg[len(arg.split("=")[0]) :]
-                if "=" in arg
-                else arg
-            )
-        elif arg == "--preview":
-            rest.append("--preview=true")
+        elif arg == "-h":
+            rest.append(arg)
         else:
-            rest += ["--" + arg[2:].replace("-", "_"), *argv[i + 1 : i + 2]]
-            i += 1
+            name, equals, value = arg.partition("=")
+            name = "--" + name.lstrip("-").replace("-", "_")
+            if equals:
+                rest.append(f"{name}={value}")
+            elif name in ("--help", "--preview"):
+                rest.append(name if name == "--help" else "--preview=true")
+            else:  # an option and its value
+                rest += [name, *argv[i + 1 : i + 2]]
+                i += 1
         i += 1
     return (["--inputs", json.dumps(inputs)] if inputs else []) + rest
 
