@@ -52,6 +52,14 @@ def noise_level(images: torch.Tensor) -> float:
     return float(step.abs().median()) / 0.954
 
 
+def reduce_to_grid(raw: torch.Tensor, k: int) -> torch.Tensor:
+    """Images generated at 24k px, on the known grid of k x k blocks -> their art (B, 3, H / k, W / k)."""
+    h, w = raw.shape[-2:]
+    if h % k or w % k:
+        raise ValueError(f"image size {h}x{w} is not a multiple of pixel_scale {k}")
+    return reduce_cells(raw, Grid.exact(k, h // k, w // k))
+
+
 def lock(art: torch.Tensor, palette: torch.Tensor | None, space: ColourSpace = LOCK_SPACE) -> torch.Tensor:
     """``art`` locked to ``palette`` in ``space``; unchanged without a palette."""
     return lock_to_palette(art, palette, space) if palette is not None else art
@@ -96,10 +104,7 @@ def to_art(
     """
     if not snap:
         return raw, lock(raw, palette)
-    h, w = raw.shape[-2:]
-    if h % k or w % k:
-        raise ValueError(f"image size {h}x{w} is not a multiple of pixel_scale {k}")
-    snapped = reduce_cells(raw, Grid.exact(k, h // k, w // k))
+    snapped = reduce_to_grid(raw, k)
     return snapped, lock(snapped, palette)
 
 
