@@ -26,6 +26,7 @@ RANKS = {
     "kohya": 7,
     "tinybases": 7,
     "commands": 8,
+    "comfyui": 9,  # the ComfyUI node wraps the snap command's palette reading
 }
 
 

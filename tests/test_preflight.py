@@ -13,7 +13,7 @@ from bespoke_pl.commands.cli import BespokeCLI, main
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.base import family_of_file
 from bespoke_pl.errors import BaseModelError, ConfigError, DatasetError
-from bespoke_pl.pixelart.palette import snap_and_lock
+from bespoke_pl.pixelart.snap import snap_and_lock
 from bespoke_pl.training.module import PixelLoRAModule
 from bespoke_pl.training.preflight import check_pixel_grid
 from tests.fault_hooks import fit_args

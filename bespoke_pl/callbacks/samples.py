@@ -19,9 +19,9 @@ from bespoke_pl.data.demo_style import demo_measures
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.sampling import Sampler
 from bespoke_pl.pixelart.contact_sheet import contact_sheet, read_epoch_rows
-from bespoke_pl.pixelart.grid import image_grid, reduce_blocks, upscale_nearest
+from bespoke_pl.pixelart.grid import image_grid, upscale_nearest
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
-from bespoke_pl.pixelart.palette import to_art
+from bespoke_pl.pixelart.snap import reduce_to_grid, to_art
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class SampleImages(L.Callback):
         sampler: Sampling scheduler: euler, euler_a, ddim or dpmpp_2m.
         preview_scale: Nearest-upscale factor of the preview PNGs, the TensorBoard grid and the contact sheet.
         snap: Reduce each k x k block to one art pixel (off: the final image stays at 24k px).
-        palette_lock: Replace every pixel by the nearest training-palette colour (OKLab).
+        palette_lock: Replace every pixel by the nearest training-palette colour (sRGB distance, measured best: docs/snap.md).
         metrics: Measure the samples (colours, palette, grid, head shape, copies) and log the values.
         colour_range: Inclusive colour count of a good image, for ``quality/*/colours_in_range``.
         kid: Also log KID against the training images (download-free features; noisy with few samples).
@@ -149,7 +149,7 @@ class SampleImages(L.Callback):
                 experiment.add_image("samples/art", image_grid(previews), trainer.global_step)
                 experiment.add_image("samples/raw", image_grid(raw), trainer.global_step)
             # The measures judge the 24x24 grid, also when the saved images stay at 24k px (snap off).
-            grid, art_grid = (snapped, art) if self.snap else (reduce_blocks(raw, k), reduce_blocks(art, k))
+            grid, art_grid = (snapped, art) if self.snap else (reduce_to_grid(raw, k), reduce_to_grid(art, k))
             if self.metrics and pairs is not None:
                 values = self.measure(pairs, k, raw, grid, art_grid)
             if self.demo_measures:

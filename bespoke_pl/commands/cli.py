@@ -239,6 +239,7 @@ COMMANDS: dict[str, str] = {
     "check-data": "bespoke_pl.commands.check_data",
     "from-kohya": "bespoke_pl.commands.from_kohya",
     "export": "bespoke_pl.commands.export",
+    "snap": "bespoke_pl.commands.snap",
 }
 # The user's mistakes (exit status 2) and the run's failures (1), for every subcommand. Nothing broader:
 # any other exception is a bug and keeps its traceback.

@@ -1,7 +1,7 @@
 """``python -m bespoke_pl evaluate``: a folder of generated images measured against the training folder.
 
 Generated images may be the 24x24 art or decoded images of 24k x 24k (any whole k); larger ones are
-reduced to the grid (:func:`bespoke_pl.pixelart.palette.to_art`, as samples are) and their grid fidelity is reported. Any
+reduced to the grid (:func:`bespoke_pl.pixelart.snap.to_art`, as samples are) and their grid fidelity is reported. Any
 other size is refused, naming the files. Captions are not needed. Pointed at the training folder itself,
 the command prints the reference values: how many colours the originals have, how alike their silhouettes
 are, how wide their bottom rows are, and how far each is from its nearest other original (leave-one-out).
@@ -22,8 +22,8 @@ from bespoke_pl.data.datamodule import PixelArtDataModule, PixelPairs
 from bespoke_pl.data.demo import resolve_demo
 from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
-from bespoke_pl.pixelart.palette import to_art
 from bespoke_pl.pixelart.quality import TOLERANCE, colour_counts
+from bespoke_pl.pixelart.snap import to_art
 
 log = logging.getLogger(__name__)
 

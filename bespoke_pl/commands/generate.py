@@ -2,7 +2,7 @@
 
 The LoRA is merged into a freshly loaded base model (:mod:`bespoke_pl.lora.loading`), prompts are encoded with
 the same function as in training, and each image is generated at ``24 * pixel_scale`` px and reduced to the
-24x24 art grid by :func:`~bespoke_pl.pixelart.palette.snap_and_lock`, as the training samples are. Clip skip and ``pixel_scale`` come from the file's header unless
+24x24 art grid by :func:`~bespoke_pl.pixelart.snap.snap_and_lock`, as the training samples are. Clip skip and ``pixel_scale`` come from the file's header unless
 given. Files are numbered after those already in the output folder and opened exclusively, so nothing is
 ever overwritten.
 """
@@ -30,7 +30,8 @@ from bespoke_pl.errors import ConfigError
 from bespoke_pl.lora.loading import apply_lora, check_family, read_lora_file
 from bespoke_pl.lora.metadata import DEFAULT_CLIP_SKIP, recorded_settings
 from bespoke_pl.pixelart.grid import image_grid, upscale_nearest
-from bespoke_pl.pixelart.palette import palette_from_hex, snap_and_lock
+from bespoke_pl.pixelart.palette import palette_from_hex
+from bespoke_pl.pixelart.snap import snap_and_lock
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def generate_images(
         base_config: For a single-file base: a diffusers folder or hub id to read component configs from.
         batch_size: Images per pipeline call.
         preview_scale: Nearest-upscale factor of the preview sheet.
-        palette_lock: Map every pixel to the nearest colour (OKLab) of the training palette recorded in the
+        palette_lock: Map every pixel to the nearest colour (sRGB distance) of the training palette recorded in the
             file's header; the raw decodes are saved beside the art as ``-raw.png`` either way.
     """
     # Every mistake in the options or the files fails here, before the base model's weights are loaded.

@@ -6,7 +6,7 @@ columns, e.g. the nearest training image). ``update`` sums those values, ``compu
 images (B, 3, 24, 24); grid fidelity also takes the images as generated (B, 3, 24k, 24k) and judges how
 blocky they already are. The training images (N, 3, 24, 24) are the reference: their palette, silhouettes
 and the images themselves. Nothing here reduces a decode to the grid: callers pass the art they already
-made (:func:`bespoke_pl.pixelart.palette.snap_and_lock`).
+made (:func:`bespoke_pl.pixelart.snap.snap_and_lock`).
 """
 
 from __future__ import annotations

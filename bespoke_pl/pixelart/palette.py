@@ -1,18 +1,14 @@
-"""Perceptual colour distance (OKLab), palette lock and the snap that turns a decoded image into pixel art.
+"""Palettes and the OKLab colour space the quality measures use.
 
-A decoded sample is nearest-upscaled art plus VAE noise: :func:`snap_and_lock` reduces each k x k block to
-one art pixel (:func:`bespoke_pl.pixelart.grid.reduce_blocks`) and then replaces every pixel with the nearest
-colour of the training palette. Distances are Euclidean in OKLab (Ottosson 2020), where equal steps look
-about equally different, so a dark outline is not confused with a background of similar RGB distance.
-OKLab lightness runs 0-1; a distance of about 0.02 is the smallest difference people notice.
+Distances are Euclidean in OKLab (Ottosson 2020), where equal steps look about equally different; OKLab
+lightness runs 0-1 and a distance of about 0.02 is the smallest difference people notice. The palette lock
+of the snap measures sRGB distance instead (:mod:`bespoke_pl.pixelart.colour` says why).
 Everything here is plain torch on uint8 (B, 3, H, W) images and (P, 3) palettes.
 """
 
 from __future__ import annotations
 
 import torch
-
-from bespoke_pl.pixelart.grid import reduce_blocks
 
 
 def palette_of(images: torch.Tensor) -> torch.Tensor:
@@ -56,6 +52,13 @@ def _srgb_levels_to_linear() -> torch.Tensor:
 
 
 _LINEAR = _srgb_levels_to_linear().float()  # float32 from here on: plenty for distances of ~0.01
+
+
+def linear_rgb(colours: torch.Tensor) -> torch.Tensor:
+    """uint8 sRGB colours (..., 3) -> linear-light RGB float32 (..., 3) in [0, 1]."""
+    if colours.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 colours, got {colours.dtype}")
+    return _LINEAR.to(colours.device)[colours.long()]
 
 
 def oklab(colours: torch.Tensor) -> torch.Tensor:
@@ -128,44 +131,3 @@ def nearest_in_palette(images: torch.Tensor, palette: torch.Tensor) -> tuple[tor
     # A palette colour is at distance 0 from itself, whatever float rounding says.
     distance[(colours == palette.to(images.device)[index]).all(1)] = 0
     return index[inverse].view(b, h, w), distance[inverse].view(b, h, w)
-
-
-def palette_lock(images: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
-    """Replace every pixel by the nearest (OKLab) colour of ``palette``: uint8 (B, 3, H, W) -> same shape.
-
-    Args:
-        images: uint8 (B, 3, H, W).
-        palette: uint8 (P, 3), e.g. :func:`bespoke_pl.pixelart.grid.palette_of` of the training images.
-    """
-    index, _ = nearest_in_palette(images, palette)
-    return palette.to(images.device)[index].permute(0, 3, 1, 2).contiguous()
-
-
-def to_art(
-    raw: torch.Tensor, k: int, palette: torch.Tensor | None = None, snap: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded samples -> ``(snapped, art)``: the one path from a decode to the art, for the samples of a
-    run, ``generate``, ``evaluate`` and the round trip alike.
-
-    ``snapped`` has each k x k block reduced to the colour most of it agrees on; ``art`` is ``snapped``
-    locked to the palette (the same tensor without one). Arguments as :func:`snap_and_lock`.
-    """
-    snapped = reduce_blocks(raw, k) if snap else raw
-    return snapped, palette_lock(snapped, palette) if palette is not None else snapped
-
-
-def snap_and_lock(
-    raw: torch.Tensor, k: int, palette: torch.Tensor | None = None, snap: bool = True
-) -> torch.Tensor:
-    """Turn decoded samples into pixel art: reduce each k x k block to one pixel, then lock to the palette.
-
-    Args:
-        raw: uint8 (B, 3, 24k, 24k) decoded images.
-        k: The pixel scale the images were generated at (block size).
-        palette: uint8 (P, 3) colours to lock to; None leaves the colours as reduced.
-        snap: Reduce to the art grid; False keeps the full resolution (and locks every pixel).
-
-    Returns:
-        uint8 (B, 3, 24, 24) with ``snap``, else (B, 3, 24k, 24k).
-    """
-    return to_art(raw, k, palette, snap)[1]

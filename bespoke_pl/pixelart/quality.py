@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from bespoke_pl.pixelart.grid import reduce_blocks, upscale_nearest
+from bespoke_pl.pixelart.grid import upscale_nearest
 from bespoke_pl.pixelart.palette import distances, image_oklab, packed_colours
+from bespoke_pl.pixelart.snap import reduce_to_grid
 
 TOLERANCE = 0.03
 
@@ -34,9 +35,9 @@ def grid_agreement(
         raw: uint8 (B, 3, 24k, 24k).
         k: Block size (``pixel_scale``); with 1 every image agrees with itself (1.0).
         tolerance: OKLab distance within which a pixel agrees with its block.
-        art: ``reduce_blocks(raw, k)`` if the caller has it already.
+        art: ``reduce_to_grid(raw, k)`` (the snap's reduction) if the caller has it already.
     """
-    blocks = upscale_nearest(reduce_blocks(raw, k) if art is None else art, k)
+    blocks = upscale_nearest(reduce_to_grid(raw, k) if art is None else art, k)
     distance = (image_oklab(raw) - image_oklab(blocks)).norm(dim=-1)  # (B, H, W)
     return (distance <= tolerance).float().mean((1, 2))
 

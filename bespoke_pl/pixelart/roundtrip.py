@@ -1,7 +1,7 @@
 """Can the VAE represent the training art pixel-perfectly? Encode, decode, snap, and count exact pixels.
 
 Each training image is nearest-upscaled by k, encoded (posterior mean), decoded, reduced to the 24x24 grid
-and locked to the training palette (:func:`bespoke_pl.pixelart.palette.snap_and_lock`), then compared with the
+and locked to the training palette (:func:`bespoke_pl.pixelart.snap.snap_and_lock`), then compared with the
 original. If the round trip already loses pixels at some k, no amount of training brings them back: the
 check runs at the start of ``fit`` for the chosen ``pixel_scale`` (:class:`RoundTripCheck`), and
 ``python -m bespoke_pl roundtrip`` compares several k before a run.
@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from bespoke_pl.pixelart.grid import to_model_range, to_uint8, upscale_nearest
-from bespoke_pl.pixelart.palette import palette_of, snap_and_lock
+from bespoke_pl.pixelart.palette import palette_of
+from bespoke_pl.pixelart.snap import snap_and_lock
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ from bespoke_pl.diffusion.base import load_base
 from bespoke_pl.diffusion.conditioning import encode_prompts
 from bespoke_pl.diffusion.sampling import build_pipeline, generate
 from bespoke_pl.pixelart.metrics import PixelArtQuality
-from bespoke_pl.pixelart.palette import palette_of, to_art
+from bespoke_pl.pixelart.palette import palette_of
+from bespoke_pl.pixelart.snap import to_art
 from bespoke_pl.tinybases.punks import PIXEL_SCALE, punk_image
 from bespoke_pl.tinybases.unet import CLIP_SKIP
 

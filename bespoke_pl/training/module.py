@@ -515,7 +515,7 @@ class PixelLoRAModule(L.LightningModule):
         guidance_scale: float = 5.0,
         sampler: str = "euler",
     ) -> torch.Tensor:
-        """Generate at 24k px: the decoded images, uint8 (N, 3, 24k, 24k); :func:`~bespoke_pl.pixelart.palette.to_art`
+        """Generate at 24k px: the decoded images, uint8 (N, 3, 24k, 24k); :func:`~bespoke_pl.pixelart.snap.to_art`
         turns them into the art."""
         was_training = self.training
         self.eval()
