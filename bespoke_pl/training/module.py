@@ -14,15 +14,8 @@ from bespoke_pl.callbacks.resume import ExactResume
 from bespoke_pl.callbacks.safe_stop import SafeStop
 from bespoke_pl.diffusion.base import load_base
 from bespoke_pl.diffusion.conditioning import PromptEmbeds
-from bespoke_pl.diffusion.losses import HuberSchedule, LossType, debiased_weights, huber_threshold
-from bespoke_pl.diffusion.objective import (
-    add_noise,
-    diffusion_loss,
-    make_noise,
-    min_snr_weights,
-    perturb_noise,
-    training_target,
-)
+from bespoke_pl.diffusion.losses import HuberSchedule, LossType
+from bespoke_pl.diffusion.objective import LossOptions, add_noise, make_noise, perturb_noise, training_target
 from bespoke_pl.diffusion.timesteps import TimestepSampling, sample_training_timesteps
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.lora_on_base import LoRAOnBase
@@ -220,17 +213,8 @@ class PixelLoRAModule(ValidationSteps, LoRAOnBase):
         noisy = add_noise(latents, noisy_input, timesteps, self.alphas_cumprod)
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
         prediction = self.predict(noisy, timesteps, embeds)
-        if plain:
-            return diffusion_loss(prediction, target, None, "l2", None, mask)
-        a, kind = self.alphas_cumprod, self.prediction_type
-        weights = min_snr_weights(timesteps, a, h.min_snr_gamma, kind) if h.min_snr_gamma else None
-        if h.debiased_estimation:
-            debiased = debiased_weights(timesteps, a, kind)
-            weights = debiased if weights is None else weights * debiased
-        huber_c = None
-        if h.loss_type in ("huber", "smooth_l1"):
-            huber_c = huber_threshold(timesteps, a, h.huber_c, h.huber_schedule)
-        return diffusion_loss(prediction, target, weights, h.loss_type, huber_c, mask)
+        options = LossOptions() if plain else LossOptions.of(h)
+        return options.loss(prediction, target, timesteps, self.alphas_cumprod, self.prediction_type, mask)
 
     def on_fit_start(self) -> None:
         # Validation latents first: build_caches may move the VAE off the accelerator afterwards.
