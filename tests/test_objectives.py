@@ -30,7 +30,7 @@ from bespoke_pl.diffusion.sampling import make_scheduler
 from bespoke_pl.diffusion.timesteps import sample_training_timesteps, shift_time, to_discrete
 from bespoke_pl.lora.metadata import recorded_settings
 from bespoke_pl.training.module import PixelLoRAModule
-from bespoke_pl.training.preflight import check_objective
+from bespoke_pl.training.options import check_objective
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 A = alphas_cumprod_from_config(SD)

@@ -7,6 +7,7 @@ LightningModule adds the options, the training step, validation and checkpoints.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import lightning as L
@@ -28,8 +29,8 @@ from bespoke_pl.lora.inject import (
 )
 from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
 from bespoke_pl.pixelart.roundtrip import images_per_vae_call
-from bespoke_pl.training.cache import LatentCache, TextCache
-from bespoke_pl.training.preflight import check_objective
+from bespoke_pl.training.cache import LatentCache, TextCache, module_fingerprint
+from bespoke_pl.training.options import check_objective
 from bespoke_pl.training.speed import bring_frozen_back, set_attention
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ class LoRAOnBase(L.LightningModule):
                 f"in {len(bad)} tensors, e.g. {bad[0]}"
             )
         return kept
+
+    @functools.cached_property
+    def latent_key(self) -> str:
+        """What a cached latent depends on besides its pixels: the VAE's weights and ``pixel_scale``.
+
+        Hashing the VAE reads all its weights, so it is done once per module (the VAE is frozen).
+        """
+        return f"{module_fingerprint(self.vae)}|k={self.hparams.pixel_scale}"
 
     # ------------------------------------------------------------------------------------- encoding
     @property

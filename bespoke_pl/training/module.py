@@ -12,6 +12,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from bespoke_pl.callbacks.progress import epoch_progress_bar
 from bespoke_pl.callbacks.resume import ExactResume
 from bespoke_pl.callbacks.safe_stop import SafeStop
+from bespoke_pl.data.datamodule import pixel_data
 from bespoke_pl.diffusion.base import load_base
 from bespoke_pl.diffusion.conditioning import PromptEmbeds
 from bespoke_pl.diffusion.losses import HuberSchedule, LossType
@@ -20,8 +21,9 @@ from bespoke_pl.diffusion.timesteps import TimestepSampling, sample_training_tim
 from bespoke_pl.training.epoch_loss import EpochLoss
 from bespoke_pl.training.lora_on_base import LoRAOnBase
 from bespoke_pl.training.optim import lora_optimizer
+from bespoke_pl.training.options import check_model_options
 from bespoke_pl.training.schedule_free import to_averaged_point, to_training_point
-from bespoke_pl.training.speed import build_caches
+from bespoke_pl.training.speed import build_caches, offload_frozen
 from bespoke_pl.training.validation import LossSums, ValidationCaches, ValidationSteps
 
 log = logging.getLogger(__name__)
@@ -155,9 +157,10 @@ class PixelLoRAModule(ValidationSteps, LoRAOnBase):
         validation_loss: Literal["objective", "mse"] = "objective",
     ) -> None:
         super().__init__()
-        if pixel_scale < 1 or clip_skip < 1 or rank < 1:
-            raise ValueError("pixel_scale, clip_skip and rank must all be >= 1")
         self.save_hyperparameters(ignore=["optimizer"])
+        check_model_options(
+            self.hparams
+        )  # the ranges fit's preflight lists too, for a module built in Python
         self.optimizer_factory = optimizer
         # Frozen base weights are not part of a checkpoint (see on_save_checkpoint), so loading is lenient.
         self.strict_loading = False
@@ -218,9 +221,11 @@ class PixelLoRAModule(ValidationSteps, LoRAOnBase):
 
     def on_fit_start(self) -> None:
         # Validation latents first: build_caches may move the VAE off the accelerator afterwards.
-        sets = getattr(self.trainer.datamodule, "validation_sets", list)()
+        data = pixel_data(self.trainer)
+        sets = data.validation_sets() if data is not None else []
         self.validation = ValidationCaches.build(self, sets) if sets else None
-        build_caches(self, self.trainer.datamodule)
+        self.latent_cache, self.text_cache = build_caches(self, data)
+        offload_frozen(self)
 
     def batch_loss(self, batch: dict) -> torch.Tensor:
         """The diffusion loss of a data batch, from the caches where they are on."""
