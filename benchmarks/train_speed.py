@@ -199,7 +199,7 @@ def main() -> None:
         print(json.dumps(one(spec)))
         return
 
-    from bespoke_pl.data.demo import demo_dataset_path
+    from bespoke_pl.data.demo_sets import demo_dataset_path
 
     data = str(demo_dataset_path(count=args.images))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

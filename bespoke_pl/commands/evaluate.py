@@ -19,7 +19,7 @@ from PIL import Image
 
 from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.data.datamodule import PixelArtDataModule
-from bespoke_pl.data.demo import resolve_demo
+from bespoke_pl.data.demo_sets import resolve_demo
 from bespoke_pl.data.pairs import PixelPairs
 from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality

@@ -93,7 +93,7 @@ class PixelArtDataModule(L.LightningDataModule):
     @staticmethod
     def _folder(root: str) -> Path:
         if root.startswith("demo:"):
-            from bespoke_pl.data.demo import resolve_demo
+            from bespoke_pl.data.demo_sets import resolve_demo
 
             root = resolve_demo(root)
         return Path(root).expanduser()

@@ -158,15 +158,12 @@ class PixelLoRAModule(ValidationSteps, LoRAOnBase):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        check_model_options(
-            self.hparams
-        )  # the ranges fit's preflight lists too, for a module built in Python
+        check_model_options(self.hparams)  # fit's preflight lists the same, with the other sections'
         self.optimizer_factory = optimizer
         # Frozen base weights are not part of a checkpoint (see on_save_checkpoint), so loading is lenient.
         self.strict_loading = False
-        self.family = None
         self.tokenizers = []
-        self.latent_cache = self.text_cache = None
+        self.latent_cache = self.text_cache = None  # filled in on_fit_start (family: None until built)
         self.skipped_batches = 0
         self.epoch_loss = EpochLoss()
         self.validation: ValidationCaches | None = None
