@@ -105,7 +105,7 @@ def run_bare(
     import torch
     import torch.nn.functional as F
 
-    from bespoke_pl.data.datamodule import load_pairs
+    from bespoke_pl.data.pairs import load_pairs
     from bespoke_pl.diffusion.conditioning import sdxl_time_ids
     from bespoke_pl.diffusion.devices import weight_dtype_for
     from bespoke_pl.lora.inject import lora_parameters
@@ -199,7 +199,7 @@ def main() -> None:
         print(json.dumps(one(spec)))
         return
 
-    from bespoke_pl.data.demo import demo_dataset_path
+    from bespoke_pl.data.demo_sets import demo_dataset_path
 
     data = str(demo_dataset_path(count=args.images))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

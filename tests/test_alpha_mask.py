@@ -11,7 +11,8 @@ from PIL import Image
 from safetensors import safe_open
 
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
-from bespoke_pl.data.datamodule import PixelArtDataModule, PixelPairDataset, load_pairs
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.data.pairs import PixelPairDataset, load_pairs
 from bespoke_pl.diffusion.losses import latent_mask
 from bespoke_pl.diffusion.objective import diffusion_loss
 from bespoke_pl.errors import DatasetError

@@ -59,3 +59,17 @@ def test_a_config_without_duplicates_still_parses(tmp_path, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "max_epochs: 2" in out and "lr: 0.0001" in out
+
+
+def test_python_gets_the_same_range_checks_as_the_command_line():
+    """The ranges are checked by the module and the data module themselves, with fit's messages."""
+    from bespoke_pl.data.datamodule import PixelArtDataModule
+    from bespoke_pl.errors import ConfigError
+    from bespoke_pl.training.module import PixelLoRAModule
+
+    with pytest.raises(ConfigError, match=r"model.rank must be >= 1, got 0; model.noise_offset must be >= 0"):
+        PixelLoRAModule("tiny:sd15", rank=0, noise_offset=-0.1)
+    with pytest.raises(ConfigError, match=r"^data.batch_size must be >= 1, got 0$"):
+        PixelArtDataModule("anywhere", batch_size=0)
+    with pytest.raises(ConfigError, match="data.val_split and data.val_root both set"):
+        PixelArtDataModule("anywhere", val_split=0.1, val_root="elsewhere")

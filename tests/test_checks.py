@@ -10,7 +10,7 @@ from transformers import CLIPTokenizer
 
 from bespoke_pl.commands.cli import main
 from bespoke_pl.data.checks import count_tokens, scan_folder
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.errors import DatasetError
 
 CAPTION = "pixel art, 24x24, portrait of bespoke punk, male, blue background"

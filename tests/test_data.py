@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bespoke_pl.data.datamodule import PixelArtDataModule, load_pairs, parse_colour, shuffle_caption
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.data.pairs import load_pairs, parse_colour, shuffle_caption
 from bespoke_pl.errors import DatasetError
 
 

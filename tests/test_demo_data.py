@@ -16,12 +16,11 @@ from bespoke_pl.data.demo import (
     SHADES_GLARE,
     SKINS,
     caption,
-    demo_dataset_path,
     draw_punk,
-    resolve_demo,
     sample_traits,
     write_demo_dataset,
 )
+from bespoke_pl.data.demo_sets import demo_dataset_path, resolve_demo
 
 
 def _pairs(folder: Path) -> list[tuple[np.ndarray, str]]:

@@ -2,13 +2,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from bespoke_pl.diffusion.losses import min_snr_weights, snr
 from bespoke_pl.diffusion.objective import (
     add_noise,
     alphas_cumprod_from_config,
     diffusion_loss,
     make_noise,
-    min_snr_weights,
-    snr,
     training_target,
 )
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from bespoke_pl.commands.cli import main
 from bespoke_pl.commands.evaluate import evaluate
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.pixelart.grid import upscale_nearest
 from bespoke_pl.pixelart.quality import bottom_widths, foreground_masks

@@ -98,7 +98,7 @@ def _text_conditioning_zeroed(monkeypatch):
 
 def _lora_scale_zero(monkeypatch):
     import bespoke_pl.lora.inject
-    import bespoke_pl.training.module
+    import bespoke_pl.training.lora_on_base
 
     add_lora = bespoke_pl.lora.inject.add_lora
 
@@ -110,8 +110,8 @@ def _lora_scale_zero(monkeypatch):
                 layer.lora_alpha = dict.fromkeys(layer.lora_alpha, 0.0)
                 layer.scaling = dict.fromkeys(layer.scaling, 0.0)
 
-    # Both names: the UNet's LoRA is added through the module's, the text encoders' through inject's own.
-    monkeypatch.setattr(bespoke_pl.training.module, "add_lora", unscaled)
+    # Both names: the UNet's LoRA is added through lora_on_base's, the text encoders' through inject's own.
+    monkeypatch.setattr(bespoke_pl.training.lora_on_base, "add_lora", unscaled)
     monkeypatch.setattr(bespoke_pl.lora.inject, "add_lora", unscaled)
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from synthetic import blur, decoded_like
 
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.pixelart.grid import upscale_nearest
 from bespoke_pl.pixelart.kid import PixelKID
 from bespoke_pl.pixelart.metrics import (

@@ -16,21 +16,21 @@ from bespoke_pl.diffusion.losses import (
     debiased_weights,
     elementwise_loss,
     huber_threshold,
+    min_snr_weights,
+    snr,
 )
 from bespoke_pl.diffusion.objective import (
     add_noise,
     alphas_cumprod_from_config,
     make_noise,
-    min_snr_weights,
     perturb_noise,
-    snr,
     zero_terminal_snr_config,
 )
 from bespoke_pl.diffusion.sampling import make_scheduler
 from bespoke_pl.diffusion.timesteps import sample_training_timesteps, shift_time, to_discrete
 from bespoke_pl.lora.metadata import recorded_settings
 from bespoke_pl.training.module import PixelLoRAModule
-from bespoke_pl.training.preflight import check_objective
+from bespoke_pl.training.options import check_objective
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}
 A = alphas_cumprod_from_config(SD)
@@ -97,6 +97,18 @@ def test_zero_terminal_snr_is_lin_et_als_algorithm_1():
     assert isinstance(scheduler, EulerDiscreteScheduler) and scheduler.config.rescale_betas_zero_snr
     scheduler.set_timesteps(4)
     assert scheduler.timesteps[0] == 999
+
+
+def test_every_beta_schedule_that_samples_also_trains():
+    """Training's schedule is the one the sampling scheduler builds from the same config, to the last bit."""
+    for schedule in ("scaled_linear", "linear", "squaredcos_cap_v2"):
+        config = {**SD, "beta_schedule": schedule}
+        sampling = make_scheduler("euler", config)
+        assert torch.equal(alphas_cumprod_from_config(config), sampling.alphas_cumprod), schedule
+        zero = zero_terminal_snr_config(config)
+        assert torch.equal(
+            alphas_cumprod_from_config(zero)[:-1], make_scheduler("ddim", zero).alphas_cumprod[:-1]
+        )
 
 
 def test_ddim_from_an_euler_config_does_not_clip_the_latents():

@@ -3,7 +3,7 @@
 import torch
 from synthetic import decoded_like
 
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.pixelart.colour import lock_to_palette as palette_lock
 from bespoke_pl.pixelart.grid import reduce_blocks, upscale_nearest
 from bespoke_pl.pixelart.palette import nearest_in_palette, oklab, palette_of

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from bespoke_pl.commands.cli import main
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.pixelart.roundtrip import vae_round_trip
 
 
@@ -81,7 +81,7 @@ def test_large_images_go_through_the_vae_fewer_at_a_time(demo_data):
     vae.config = SimpleNamespace(scaling_factor=1.0)
     # The cache encodes through the module's own encode_images (the one place the budget applies).
     hparams = SimpleNamespace(pixel_scale=40, latent_cache_dir=None, latent_sampling="mean")
-    module = SimpleNamespace(hparams=hparams, vae=vae, device=torch.device("cpu"), _latent_key="k=40")
+    module = SimpleNamespace(hparams=hparams, vae=vae, device=torch.device("cpu"), latent_key="k=40")
     module.encode_images = lambda pixels, mean=False: PixelLoRAModule.encode_images(module, pixels, mean)
-    cached = cache_latents(module, SimpleNamespace(images=images))
+    cached = cache_latents(module, SimpleNamespace(images=images, alphas=None))
     assert vae.calls == [1] * 6 and len(cached.latents) == 6

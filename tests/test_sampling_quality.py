@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bespoke_pl.callbacks.roundtrip import RoundTripCheck
 from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.commands.cli import main
-from bespoke_pl.data.datamodule import load_pairs
+from bespoke_pl.data.pairs import load_pairs
 from bespoke_pl.pixelart.metrics import GridFidelity
 from bespoke_pl.pixelart.palette import palette_of
 from bespoke_pl.pixelart.roundtrip import vae_round_trip

@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from bespoke_pl.callbacks.resume import RunCheckpoint
-from bespoke_pl.data.datamodule import PixelArtDataModule, load_pairs, split_off
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.data.pairs import load_pairs, split_off
 from bespoke_pl.training.module import PixelLoRAModule
 from bespoke_pl.training.validation import LossSums, batch_loss_sum, fixed_noise, fixed_timesteps
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from bespoke_pl.data.datamodule import pixel_data
 from bespoke_pl.data.order import EpochOrder
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class ExactResume(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # After the checkpoint is read, before the first batch is drawn.
-        order = getattr(trainer.datamodule, "epoch_order", None)
+        data = pixel_data(trainer)
+        order = data.epoch_order if data is not None else None
         if self._pending is None or not isinstance(order, EpochOrder):
             self.seed = order.seed if isinstance(order, EpochOrder) else None
             return

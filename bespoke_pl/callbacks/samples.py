@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from bespoke_pl.callbacks.ema import find_ema
 from bespoke_pl.callbacks.faults import write_file
 from bespoke_pl.callbacks.run_folder import run_dir, save_png
-from bespoke_pl.data.datamodule import PixelPairs, training_pairs
+from bespoke_pl.data.datamodule import training_pairs
 from bespoke_pl.data.demo_style import demo_measures
+from bespoke_pl.data.pairs import PixelPairs
 from bespoke_pl.data.prompts import read_prompts
 from bespoke_pl.diffusion.sampling import Sampler
 from bespoke_pl.pixelart.contact_sheet import contact_sheet, read_epoch_rows

@@ -15,7 +15,7 @@ from bespoke_pl.callbacks.ema import FILE_SUFFIX as EMA_SUFFIX
 from bespoke_pl.callbacks.ema import find_ema
 from bespoke_pl.callbacks.faults import write_failure
 from bespoke_pl.callbacks.run_folder import check_run_folder, run_dir
-from bespoke_pl.data.datamodule import training_pairs
+from bespoke_pl.data.datamodule import pixel_data
 from bespoke_pl.errors import OutputError
 from bespoke_pl.lora.export import (
     DEFAULT_MAX_ERROR,
@@ -28,7 +28,7 @@ from bespoke_pl.lora.export import (
 from bespoke_pl.lora.files import save_lora_file
 from bespoke_pl.lora.inject import lora_weights
 from bespoke_pl.lora.loading import read_lora_file
-from bespoke_pl.lora.metadata import training_metadata
+from bespoke_pl.lora.metadata import RunFacts, training_metadata
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,21 @@ class SaveLoRAEveryEpoch(L.Callback):
             check_run_folder(self.run_dir, resuming=trainer.ckpt_path is not None)
 
     def metadata(self, trainer: L.Trainer, module: L.LightningModule, epoch: int) -> dict[str, str]:
-        pairs = training_pairs(trainer)
-        return training_metadata(
-            trainer, module, self.output_name, epoch, self.started, self.session_id, pairs
+        data = pixel_data(trainer)
+        pairs = data.training_pairs() if data is not None else None
+        run = RunFacts(
+            steps=trainer.global_step,
+            num_epochs=trainer.max_epochs,
+            max_train_steps=trainer.estimated_stepping_batches,
+            batches_per_epoch=trainer.num_training_batches,
+            gradient_accumulation=trainer.accumulate_grad_batches,
+            max_grad_norm=trainer.gradient_clip_val,
+            precision=trainer.precision,
+            optimizer=trainer.optimizers[0] if trainer.optimizers else None,
+            data=dict(trainer.datamodule.hparams) if trainer.datamodule is not None else {},
+            folder=data.root_path.name if data is not None else "unknown",
         )
+        return training_metadata(run, module, self.output_name, epoch, self.started, self.session_id, pairs)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch + 1

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bespoke_pl.data.checks import scan_folder
-from bespoke_pl.data.datamodule import PixelArtDataModule, parse_colour
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.data.pairs import parse_colour
 from bespoke_pl.diffusion.base import caption_tokenizer
 from bespoke_pl.errors import ConfigError, DatasetError
 

@@ -6,19 +6,14 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import io
 import logging
-import os
 import sys
 import threading
-import traceback
 import warnings
 from pathlib import Path
-from typing import NoReturn
 
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -28,29 +23,31 @@ from bespoke_pl.callbacks.roundtrip import RoundTripCheck
 from bespoke_pl.callbacks.run_folder import check_run_folder, check_writable, remove_leftover_temporaries
 from bespoke_pl.callbacks.samples import SampleImages
 from bespoke_pl.callbacks.save_lora import SaveLoRAEveryEpoch
+from bespoke_pl.commands.failures import (
+    CONFIG_ERRORS,
+    DEBUG_FLAG,
+    RUN_FAULTS,
+    WRITE_ERRNOS,
+    debug_requested,
+    fail,
+    quiet_tensorboard_thread,
+    written_file,
+)
 from bespoke_pl.commands.parsing import (
     PROG,
     OneLineErrors,
     check_config_files,
-    one_line,
     refuse_duplicate_yaml_keys,
     section_help,
 )
 from bespoke_pl.commands.quiet import quiet_known_noise
-from bespoke_pl.commands.resume_last import (
-    KeepEveryConfig,
-    checkpoint_problem,
-    completed_epochs,
-    find_last_checkpoint,
-    newest_readable,
-)
+from bespoke_pl.commands.resume_last import KeepEveryConfig, check_ckpt_path, is_local_file, resolve_last
 from bespoke_pl.data.datamodule import PixelArtDataModule
 from bespoke_pl.diffusion.devices import default_precision
 from bespoke_pl.errors import (
     BaseModelError,
     ConfigError,
     DatasetError,
-    LoRAFileError,
     OutputError,
     RunInterrupted,
 )
@@ -138,15 +135,15 @@ class BespokeCLI(LightningCLI):
         if self.subcommand == "fit":
             check_options(config)
             if config.get("ckpt_path") == "last":
-                self._resume_last(config)
+                resolve_last(config)
 
     def _parse_ckpt_path(self) -> None:
         # Lightning's own torch.loads a --ckpt_path file first (for its hyperparameters): check it before that.
         ckpt_path = (
             self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         )
-        if _is_local_file(ckpt_path):
-            _check_checkpoint(Path(ckpt_path).expanduser())
+        if is_local_file(ckpt_path):
+            check_ckpt_path(Path(ckpt_path).expanduser())
         super()._parse_ckpt_path()
 
     def instantiate_classes(self) -> None:
@@ -168,66 +165,6 @@ class BespokeCLI(LightningCLI):
         check_run_folder(folder, resuming=self.config.fit.get("ckpt_path") is not None)
         remove_leftover_temporaries(folder)
 
-    def _resume_last(self, config) -> None:
-        """Make ``--ckpt_path last`` find the newest run's checkpoint and continue in that run's folder.
-
-        Lightning alone looks only in the new run's (empty) version folder and would start from scratch.
-        """
-        logger = config.trainer.logger
-        init = logger.init_args if logger and hasattr(logger, "init_args") else None
-        if init is None:
-            return
-        found = find_last_checkpoint(Path(init.save_dir), init.name or "")
-        if found is None:
-            log.warning(
-                "--ckpt_path last: no checkpoint under %s/%s; starting a new run", init.save_dir, init.name
-            )
-            config.ckpt_path = None
-            return
-        problem = checkpoint_problem(found)
-        if problem is not None:
-            fallback = newest_readable(found.parent, skip=found)
-            if fallback is None:
-                raise ConfigError(
-                    f"--ckpt_path last: {found} {problem}, and no other checkpoint in {found.parent} can be "
-                    "read; start a new run (without --ckpt_path)"
-                )
-            log.warning(
-                "--ckpt_path last: %s %s; resuming from %s, the newest readable checkpoint of the run",
-                found, problem, fallback.name,
-            )  # fmt: skip
-            found = fallback
-        done = completed_epochs(found)
-        max_epochs = config.trainer.max_epochs
-        if done is not None and max_epochs is not None and 0 <= max_epochs <= done:
-            # Say so before the round trip, the caches and the model load, not after them.
-            print(
-                f"{found.parent.parent} has finished its {done} epochs already (max_epochs {max_epochs}); "
-                "to train on, give a larger --trainer.max_epochs with --ckpt_path last"
-            )
-            raise SystemExit(0)
-        init.version = found.parent.parent.name
-        config.ckpt_path = str(found)
-        log.info("resuming %s in %s", found, found.parent.parent)
-
-
-def _is_local_file(ckpt_path: str | None) -> bool:
-    """A ``--ckpt_path`` naming a file here, not one of Lightning's keywords (best, hpc, ...) or a URL."""
-    if ckpt_path is None or ckpt_path in ("best", "hpc", "last") or ckpt_path.startswith("registry"):
-        return False
-    return "://" not in ckpt_path
-
-
-def _check_checkpoint(path: Path) -> None:
-    """Refuse a ``--ckpt_path`` file that is missing or damaged, before anything is loaded or written."""
-    if not path.is_file():
-        raise ConfigError(f"--ckpt_path {path} does not exist")
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        fallback = newest_readable(path.parent, skip=path)
-        hint = f"; {fallback} beside it can be read" if fallback else ""
-        raise ConfigError(f"--ckpt_path {path} {problem}{hint}")
-
 
 # Each subcommand's module has ``command(argv)``; imported on use, so ``fit`` starts without them.
 COMMANDS: dict[str, str] = {
@@ -241,57 +178,6 @@ COMMANDS: dict[str, str] = {
     "export": "bespoke_pl.commands.export",
     "snap": "bespoke_pl.commands.snap",
 }
-# The user's mistakes (exit status 2) and the run's failures (1), for every subcommand. Nothing broader:
-# any other exception is a bug and keeps its traceback.
-CONFIG_ERRORS = (DatasetError, BaseModelError, ConfigError, LoRAFileError, MisconfigurationException)
-RUN_FAULTS = (FloatingPointError, OutputError)
-# A full disk or quota, a read-only file system, no permission, an I/O error: faults of the machine, not bugs.
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-DEBUG_FLAG = "--debug"
-DEBUG_ENV = "BESPOKE_PL_DEBUG"
-
-
-def _written_file(error: OSError) -> str:
-    if error.filename:
-        return str(error.filename)
-    frames = traceback.extract_tb(error.__traceback__)
-    if any("tensorboard" in frame.filename for frame in frames):
-        return "the TensorBoard event file"
-    return "a file of the run"
-
-
-def _quiet_tensorboard_thread(args) -> None:
-    """TensorBoard writes its event file on a thread; a write that fails there fails again, with the same
-    error, on the main thread's next write, which reports it in one line: no thread traceback too."""
-    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
-        log.debug("TensorBoard's writer thread stopped: %s", args.exc_value)
-        return
-    _THREAD_HOOK(args)
-
-
-_THREAD_HOOK = threading.excepthook
-
-
-def _debug_requested(argv: list[str]) -> bool:
-    return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def _fail(prefix: str, error: BaseException, code: int, debug: bool = False) -> NoReturn:
-    """One line (a data report: one line per problem) on stderr, and exit with ``code``.
-
-    Args:
-        prefix: ``error`` or ``stopped``.
-        error: The project's exception; its message names the file or option.
-        code: The exit status.
-        debug: Re-raise ``error`` with its whole traceback instead (``--debug``, ``BESPOKE_PL_DEBUG=1``).
-    """
-    if debug:
-        raise error
-    message = str(error) if isinstance(error, DatasetError) else one_line(str(error))
-    sys.stderr.write(f"{prefix}: {message}\n")
-    if getattr(error, "kept", None):
-        sys.stderr.write(f"{error.kept}\n")
-    raise SystemExit(code) from error
 
 
 def _build_cli(args: list[str]) -> BespokeCLI:
@@ -330,12 +216,12 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
         args: The command line without the program; None reads ``sys.argv``.
     """
     argv = list(sys.argv[1:] if args is None else args)
-    debug = _debug_requested(argv)
+    debug = debug_requested(argv)
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_noise()
     refuse_duplicate_yaml_keys()
-    threading.excepthook = _quiet_tensorboard_thread
+    threading.excepthook = quiet_tensorboard_thread
     # LightningCLI always gets argv (sys.argv less --debug), so its warning about an argument list given
     # besides sys.argv would be about this function, not about the user's command.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
@@ -358,16 +244,16 @@ def main(args: list[str] | None = None) -> BespokeCLI | None:
         check_config_files(argv)
         return _build_cli(argv)
     except CONFIG_ERRORS as error:
-        _fail("error", error, 2, debug)
+        fail("error", error, 2, debug)
     except RunInterrupted as error:
-        _fail("stopped", error, error.exit_code, debug)
+        fail("stopped", error, error.exit_code, debug)
     except RUN_FAULTS as error:
-        _fail("error", error, 1, debug)
+        fail("error", error, 1, debug)
     except OSError as error:
         if error.errno not in WRITE_ERRNOS:
             raise
         # A write that failed outside the project's own writers (TensorBoard's event file, Lightning's
         # folders): still one line and what is kept, not a traceback.
-        fault = OutputError(f"could not write {_written_file(error)}: {error.strerror or error}")
+        fault = OutputError(f"could not write {written_file(error)}: {error.strerror or error}")
         fault.kept = getattr(error, "kept", None)  # type: ignore[attr-defined]
-        _fail("error", fault, 1, debug)
+        fail("error", fault, 1, debug)

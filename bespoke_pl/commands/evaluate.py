@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from bespoke_pl.callbacks.faults import write_file
-from bespoke_pl.data.datamodule import PixelArtDataModule, PixelPairs
-from bespoke_pl.data.demo import resolve_demo
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.data.demo_sets import resolve_demo
+from bespoke_pl.data.pairs import PixelPairs
 from bespoke_pl.errors import ConfigError, DatasetError
 from bespoke_pl.pixelart.metrics import COLOUR_RANGE, PixelArtQuality
 from bespoke_pl.pixelart.quality import TOLERANCE, colour_counts
@@ -43,8 +44,13 @@ def read_generated(folder: Path, pattern: str, resolution: int) -> tuple[list[Pa
         kinds = [p for p in paths if p.stem.endswith(SAMPLE_SUFFIXES)]
         if kinds and len(kinds) < len(paths):
             paths = [p for p in paths if p not in set(kinds)]
-            log.info("measuring the %d art images of %s; %d -raw/-snapped/-preview files left out "
-                     "(--pattern '*-raw.png' measures the decodes)", len(paths), folder, len(kinds))  # fmt: skip
+            log.info(
+                "measuring the %d art images of %s; %d -raw/-snapped/-preview files left out "
+                "(--pattern '*-raw.png' measures the decodes)",
+                len(paths),
+                folder,
+                len(kinds),
+            )
     if not paths:
         raise DatasetError(f"no images matching {pattern!r} in {folder}")
     images, problems = [], []
@@ -118,11 +124,14 @@ def reference_values(pairs: PixelPairs, quality: PixelArtQuality) -> dict:
 
 
 def format_report(reference: dict, rows: list[dict], summary: dict) -> str:
+    three = "{:.3f}"
     columns = [
-        ("file", "{}"), ("pixel_scale", "{}"), ("colours", "{}"), ("palette_share", "{:.3f}"),
-        ("grid_fidelity", "{:.3f}"), ("silhouette_iou", "{:.3f}"), ("bottom_width", "{}"), ("torso", "{}"),
-        ("nearest_training", "{}"), ("copy_distance", "{:.3f}"), ("copy", "{}"),
-    ]  # fmt: skip
+        *[(name, "{}") for name in ("file", "pixel_scale", "colours")],
+        *[(name, three) for name in ("palette_share", "grid_fidelity", "silhouette_iou")],
+        *[(name, "{}") for name in ("bottom_width", "torso", "nearest_training")],
+        ("copy_distance", three),
+        ("copy", "{}"),
+    ]
     cells = [[name for name, _ in columns]]
     for row in rows:
         cells.append(["-" if row[n] is None else f.format(row[n]) for n, f in columns])
@@ -182,15 +191,22 @@ def evaluate(
     # Grid fidelity wherever a file is larger than the art (its k is each file's own).
     k = max(image.shape[-1] // resolution for image in images)
     quality = PixelArtQuality(
-        pairs.images, k, tuple(colour_range), tolerance, bottom_rows, torso_margin, near_copy, kid,
+        pairs.images,
+        pixel_scale=k,
+        colour_range=tuple(colour_range),
+        tolerance=tolerance,
+        bottom_rows=bottom_rows,
+        torso_margin=torso_margin,
+        near_copy=near_copy,
+        kid=kid,
         palette=pairs.palette,
-    )  # fmt: skip
+    )
     rows = measure_images(images, paths, pairs, quality, palette_lock)
     summary = {name: float(value) for name, value in quality.compute().items()}
     reference = reference_values(pairs, quality)
     if out:
-        write_report(Path(out), {"generated": str(generated), "training": str(data.root_path),
-                                 "reference": reference, "summary": summary, "images": rows})  # fmt: skip
+        record = {"generated": str(generated), "training": str(data.root_path), "reference": reference}
+        write_report(Path(out), record | {"summary": summary, "images": rows})
     return format_report(reference, rows, summary)
 
 

@@ -4,12 +4,17 @@ beside the first run's."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import SaveConfigCallback
+
+from bespoke_pl.errors import ConfigError
+
+log = logging.getLogger("bespoke_pl")
 
 
 def find_last_checkpoint(save_dir: Path, name: str) -> Path | None:
@@ -75,3 +80,66 @@ class KeepEveryConfig(SaveConfigCallback):
             n += 1
             self.config_filename = f"config-resume-{n}.yaml"
         super().setup(trainer, pl_module, stage)
+
+
+def resolve_last(config) -> None:
+    """Make ``--ckpt_path last`` find the newest run's checkpoint and continue in that run's folder.
+
+    Lightning alone looks only in the new run's (empty) version folder and would start from scratch.
+    """
+    logger = config.trainer.logger
+    init = logger.init_args if logger and hasattr(logger, "init_args") else None
+    if init is None:
+        return
+    found = find_last_checkpoint(Path(init.save_dir), init.name or "")
+    if found is None:
+        log.warning(
+            "--ckpt_path last: no checkpoint under %s/%s; starting a new run", init.save_dir, init.name
+        )
+        config.ckpt_path = None
+        return
+    problem = checkpoint_problem(found)
+    if problem is not None:
+        fallback = newest_readable(found.parent, skip=found)
+        if fallback is None:
+            raise ConfigError(
+                f"--ckpt_path last: {found} {problem}, and no other checkpoint in {found.parent} can be "
+                "read; start a new run (without --ckpt_path)"
+            )
+        log.warning(
+            "--ckpt_path last: %s %s; resuming from %s, the newest readable checkpoint of the run",
+            found,
+            problem,
+            fallback.name,
+        )
+        found = fallback
+    done = completed_epochs(found)
+    max_epochs = config.trainer.max_epochs
+    if done is not None and max_epochs is not None and 0 <= max_epochs <= done:
+        # Say so before the round trip, the caches and the model load, not after them.
+        print(
+            f"{found.parent.parent} has finished its {done} epochs already (max_epochs {max_epochs}); "
+            "to train on, give a larger --trainer.max_epochs with --ckpt_path last"
+        )
+        raise SystemExit(0)
+    init.version = found.parent.parent.name
+    config.ckpt_path = str(found)
+    log.info("resuming %s in %s", found, found.parent.parent)
+
+
+def is_local_file(ckpt_path: str | None) -> bool:
+    """A ``--ckpt_path`` naming a file here, not one of Lightning's keywords (best, hpc, ...) or a URL."""
+    if ckpt_path is None or ckpt_path in ("best", "hpc", "last") or ckpt_path.startswith("registry"):
+        return False
+    return "://" not in ckpt_path
+
+
+def check_ckpt_path(path: Path) -> None:
+    """Refuse a ``--ckpt_path`` file that is missing or damaged, before anything is loaded or written."""
+    if not path.is_file():
+        raise ConfigError(f"--ckpt_path {path} does not exist")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        fallback = newest_readable(path.parent, skip=path)
+        hint = f"; {fallback} beside it can be read" if fallback else ""
+        raise ConfigError(f"--ckpt_path {path} {problem}{hint}")

@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from bespoke_pl.data.image_checks import check_image
 from bespoke_pl.data.report import CLIP_MAX_LENGTH, MISSING_FOLDER, DataReport
 
 log = logging.getLogger(__name__)
 
 OTHER_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".jxl"}
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # CLIP's pre-tokenizer splits letters runs, single digits and punctuation runs; each is about one token.
 _CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
 
@@ -76,98 +75,6 @@ def count_tokens(caption: str, tokenizer=None) -> tuple[int, str]:
     return total, caption[cut_at:].strip() if cut_at is not None else ""
 
 
-def png_bit_depth(path: Path) -> int | None:
-    """Bits per channel from a PNG's header (IHDR), or None if the file does not start like a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    return head[24]
-
-
-def alpha_of(image: Image.Image) -> np.ndarray | None:
-    """The alpha channel (H, W) uint8 of an image that can be transparent, else None."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"), dtype=np.uint8)[..., 3]
-    return None
-
-
-def composite(
-    image: Image.Image, alpha: np.ndarray | None, background: tuple[int, int, int] | None
-) -> np.ndarray:
-    """Exact RGB uint8 (H, W, 3); transparent pixels are blended onto ``background`` with integer rounding."""
-    if alpha is None:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # via RGBA: Pillow warns on P -> RGB here
-    if alpha.min() == 255:
-        return rgba[..., :3].astype(np.uint8)
-    assert background is not None
-    a = rgba[..., 3:4]
-    bg = np.asarray(background, dtype=np.uint16)
-    # alpha 255 keeps the colour exactly, alpha 0 gives the background exactly.
-    return ((rgba[..., :3] * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
-
-
-def _check_image(
-    path: Path, resolution: int, background, report: DataReport, alpha_mask: bool = False
-) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Decode one PNG to RGB uint8 (H, W, 3) and its alpha (H, W) (None: opaque), or add the reasons it
-    cannot be used and return None."""
-    name = path.name
-    try:
-        depth = png_bit_depth(path)
-        with Image.open(path) as image:
-            image.load()
-            if image.format != "PNG":
-                report.add(
-                    "error", "not a PNG inside (rename or convert it)", f"{name} (it is {image.format})"
-                )
-                return None
-            frames = getattr(image, "n_frames", 1)
-            if frames > 1:
-                report.add(
-                    "error", "animated PNG (only its first frame would train; save one frame)",
-                    f"{name} ({frames} frames)",
-                )  # fmt: skip
-                return None
-            if image.size != (resolution, resolution):
-                report.refused_sizes[image.size] += 1
-                report.add(
-                    "error", f"not {resolution}x{resolution}", f"{name} ({image.width}x{image.height})"
-                )
-                return None
-            if depth == 16 or image.mode.startswith("I") or image.mode == "F":
-                report.add(
-                    "error",
-                    "16 bits per channel (save as 8-bit; colours would be cut)",
-                    f"{name} ({image.mode})",
-                )
-                return None
-            alpha = alpha_of(image)
-            if alpha is not None and alpha.min() < 255:
-                if background is None and not alpha_mask:
-                    report.add(
-                        "error", "transparent but no `background` colour is set (or set `alpha_mask`)", name
-                    )
-                    return None
-                partial = int(((alpha > 0) & (alpha < 255)).sum())
-                if partial:
-                    onto = (
-                        "`background`" if background is not None else "black (`alpha_mask`, no `background`)"
-                    )
-                    report.add(
-                        "warning",
-                        f"semi-transparent pixels blended with {onto} into new colours",
-                        f"{name} ({partial} px)",
-                    )
-            if image.mode in ("1", "L", "LA") or (image.mode == "P" and _palette_is_grey(image)):
-                report.add("warning", "grayscale, trained as grey RGB", f"{name} ({image.mode})")
-            return composite(image, alpha, background or (0, 0, 0)), alpha
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        report.add("error", "unreadable image", f"{name} ({error})")
-        return None
-
-
 def _dangling_link(path: Path) -> str:
     """Why a symbolic link leads nowhere: a loop, or a target that does not exist."""
     try:
@@ -179,11 +86,6 @@ def _dangling_link(path: Path) -> str:
             return "symbolic link loop"
         return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
     return "unreadable symbolic link"
-
-
-def _palette_is_grey(image: Image.Image) -> bool:
-    rgb = np.asarray(image.convert("RGBA"))
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def _read_caption(path: Path | None, expected: str, default: str | None, report: DataReport) -> str | None:
@@ -281,7 +183,7 @@ def scan_folder(
     for path in pngs:
         if len(stems[path.stem]) > 1:
             continue
-        decoded = _check_image(path, resolution, background, report, alpha_mask)
+        decoded = check_image(path, resolution, background, report, alpha_mask)
         pixels, alpha = decoded if decoded is not None else (None, None)
         found = captions.get(path.stem, [])
         expected = path.stem + caption_extension

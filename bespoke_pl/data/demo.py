@@ -4,8 +4,8 @@ Each image comes with a caption built from the traits actually drawn, so a train
 checked against known attributes. Two styles share the drawing and the captions and differ in the skin
 tones: ``base`` (the tones the pretrained tiny bases learned, :mod:`bespoke_pl.tinybases.pretrain`) and ``neon``
 (saturated tones those bases never saw; the demo's training set, so what the LoRA learns is visible).
-``"demo:punks"`` names the cached neon set wherever a data folder is expected, ``"demo:base-punks"``
-the base-style set.
+The named, cached sets (``"demo:punks"`` wherever a data folder is expected) are
+:mod:`bespoke_pl.data.demo_sets`'.
 """
 
 import logging
@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bespoke_pl.files import atomic_folder, cache_root, spec_name
+from bespoke_pl.files import atomic_folder
 
 log = logging.getLogger(__name__)
 
 RGB = tuple[int, int, int]
 
-DEMO_PREFIX = "demo:"
 CAPTION_PREFIX = "pixel art, 24x24, portrait of bespoke punk"
 SIZE = 24
 
@@ -283,35 +282,3 @@ def write_demo_dataset(out: str | Path, count: int = 48, seed: int = 0, style: s
             (tmp / f"punk_{i:03d}.txt").write_text(caption(traits) + "\n", encoding="utf-8")
     log.info("Wrote %d %s-style demo punks to %s", count, style, out)
     return Path(out)
-
-
-def demo_dataset_path(cache_dir: str | Path | None = None, count: int = 48, style: str = "neon") -> Path:
-    """Returns the cached demo set ``<cache>/demo-punks-<style>-<count>``, writing it (seed 0) if missing.
-
-    Args:
-        cache_dir: Cache folder; defaults to $BESPOKE_PL_CACHE, else ~/.cache/bespoke_pl.
-        count: Number of image/caption pairs.
-        style: ``neon`` (the demo's training set) or ``base``.
-    """
-    path = cache_root(cache_dir) / f"demo-punks-{style}-{count}"
-    if not (path.is_dir() and any(path.iterdir())):
-        try:
-            write_demo_dataset(path, count=count, style=style)
-        except FileExistsError:
-            # Another process finished first; its folder is complete because it was renamed into place.
-            if not any(path.iterdir()):
-                raise
-    return path
-
-
-DEMO_SETS = {"punks": "neon", "base-punks": "base"}
-
-
-def resolve_demo(spec: str) -> str | None:
-    """Returns the local folder for ``"demo:punks"`` (neon) or ``"demo:base-punks"``, None for other specs.
-
-    Raises:
-        ValueError: The spec starts with ``"demo:"`` but names no known data set.
-    """
-    name = spec_name(spec, DEMO_PREFIX, DEMO_SETS, "demo data set")
-    return None if name is None else str(demo_dataset_path(style=DEMO_SETS[name]))

@@ -11,7 +11,11 @@
   uses ``1 / (SNR_t + 1)``, as it does here.
 - The alpha mask: each latent cell's loss weighted by how opaque the art pixels under it are.
 
-Zero terminal SNR makes SNR 0 at the last timestep; every weight here stays finite there.
+- Min-SNR-gamma (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy").
+
+Every weight is a function of the schedule's SNR, computed by :func:`snr` alone. Zero terminal SNR makes
+SNR 0 at the last timestep; every weight here stays finite there. How they combine into one loss is
+:func:`bespoke_pl.diffusion.objective.LossOptions.loss`'s.
 """
 
 from __future__ import annotations
@@ -31,6 +35,27 @@ HUBER_SCHEDULES: tuple[str, ...] = get_args(HuberSchedule)
 SNR_CAP, SNR_FLOOR = 1000.0, 1e-3
 
 
+def snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio a_t / (1 - a_t) per sample (B,): 0 at a zero-terminal-SNR schedule's end."""
+    a = alphas_cumprod.to(timesteps.device)[timesteps]
+    return a / (1 - a)
+
+
+def min_snr_weights(
+    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per sample (B,).
+
+    For epsilon prediction the weight is min(SNR, gamma) / SNR, written min(1, gamma / SNR) so that it is 1,
+    its limit, at SNR 0 (zero terminal SNR) instead of 0 / 0; for v prediction the v loss already carries
+    a factor SNR + 1, so it is min(SNR, gamma) / (SNR + 1).
+    """
+    ratio = snr(timesteps, alphas_cumprod)
+    if prediction_type == "v_prediction":
+        return ratio.clamp(max=gamma) / (ratio + 1)
+    return (gamma / ratio).clamp(max=1.0)
+
+
 def huber_threshold(
     timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, huber_c: float, schedule: str
 ) -> torch.Tensor:
@@ -41,8 +66,7 @@ def huber_threshold(
         rate = -math.log(huber_c) / len(alphas_cumprod)
         return torch.exp(-rate * timesteps.float())
     if schedule == "snr":
-        a = alphas_cumprod.to(timesteps.device)[timesteps].float()
-        sigmas = ((1 - a) / a).sqrt()  # inf at zero terminal SNR: c there, no NaN
+        sigmas = snr(timesteps, alphas_cumprod).float().rsqrt()  # inf at zero terminal SNR: c there, no NaN
         return (1 - huber_c) / (1 + sigmas) ** 2 + huber_c
     raise ValueError(f"huber_schedule {schedule!r} is not one of {HUBER_SCHEDULES}")
 
@@ -70,8 +94,7 @@ def debiased_weights(
     timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
     """Debiased-estimation weights per sample (B,): 1 / sqrt(SNR) (epsilon), 1 / (SNR + 1) (v)."""
-    a = alphas_cumprod.to(timesteps.device)[timesteps]
-    ratio = (a / (1 - a)).clamp(SNR_FLOOR, SNR_CAP)
+    ratio = snr(timesteps, alphas_cumprod).clamp(SNR_FLOOR, SNR_CAP)
     return 1 / (ratio + 1) if prediction_type == "v_prediction" else 1 / ratio.sqrt()
 
 

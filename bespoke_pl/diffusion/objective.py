@@ -1,32 +1,24 @@
-"""The diffusion training objective in plain torch: timesteps, noising, targets and loss weighting.
+"""The diffusion training objective in plain torch: the noise schedule, noising, targets and the loss.
 
-The schedule comes from the base model's scheduler config (``alphas_cumprod`` of its DDPM betas), so a
-model trained with epsilon or v prediction is trained with its own target. A config with diffusers'
-``rescale_betas_zero_snr`` gets the zero-terminal-SNR schedule (Lin et al. 2023, "Common Diffusion Noise
-Schedules and Sample Steps are Flawed", Algorithm 1), as diffusers' samplers do with the same config.
+The schedule is the one diffusers' schedulers build from the base model's scheduler config (the same
+object sampling configures), so every ``beta_schedule`` that samples also trains, and a model trained with
+epsilon or v prediction is trained with its own target. A config with diffusers' ``rescale_betas_zero_snr``
+gets the zero-terminal-SNR schedule (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps
+are Flawed", Algorithm 1) in training as in sampling.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from bespoke_pl.diffusion.losses import elementwise_loss
+from bespoke_pl.diffusion.losses import debiased_weights, elementwise_loss, huber_threshold, min_snr_weights
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # What makes a diffusers scheduler config zero terminal SNR: the rescaled betas, and "trailing" spacing so
 # sampling starts at the last timestep, the one of pure noise (the paper's section 3.3).
 ZERO_TERMINAL_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Lin et al.'s Algorithm 1: betas whose sqrt(alpha_bar) is shifted to end at 0 and scaled to start as
-    before, so the last timestep is pure noise (SNR 0) and the first keeps its SNR."""
-    root = torch.cumprod(1 - betas, dim=0).sqrt()
-    first, last = root[0].clone(), root[-1].clone()
-    root = (root - last) * first / (first - last)
-    alphas_bar = root**2
-    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
-    return 1 - alphas
 
 
 def zero_terminal_snr_config(config: dict) -> dict:
@@ -35,19 +27,11 @@ def zero_terminal_snr_config(config: dict) -> dict:
 
 
 def alphas_cumprod_from_config(config: dict) -> torch.Tensor:
-    """The cumulative product of alphas (T,) from a diffusers scheduler config, as DDPM defines it."""
-    steps = int(config.get("num_train_timesteps", 1000))
-    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
-    schedule = config.get("beta_schedule", "scaled_linear")
-    if schedule == "scaled_linear":
-        betas = torch.linspace(start**0.5, end**0.5, steps, dtype=torch.float64) ** 2
-    elif schedule == "linear":
-        betas = torch.linspace(start, end, steps, dtype=torch.float64)
-    else:
-        raise ValueError(f"beta_schedule {schedule!r} is not supported (scaled_linear, linear)")
-    if config.get("rescale_betas_zero_snr"):
-        betas = rescale_zero_terminal_snr(betas)
-    return torch.cumprod(1.0 - betas, dim=0).float()
+    """The cumulative product of alphas (T,) float32 of a diffusers scheduler config: DDPM's, as diffusers
+    computes it for every sampler built from the same config (unknown ``beta_schedule``: diffusers' error)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config).alphas_cumprod.clone()
 
 
 def sample_timesteps(batch: int, num_timesteps: int, generator=None, device=None) -> torch.Tensor:
@@ -110,27 +94,6 @@ def training_target(
     raise ValueError(f"prediction_type {prediction_type!r} is not one of {PREDICTION_TYPES}")
 
 
-def snr(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """Signal-to-noise ratio a_t / (1 - a_t) per sample (B,)."""
-    a = alphas_cumprod.to(timesteps.device)[timesteps]
-    return a / (1 - a)
-
-
-def min_snr_weights(
-    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str
-) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023) per sample (B,).
-
-    For epsilon prediction the weight is min(SNR, gamma) / SNR, written min(1, gamma / SNR) so that it is 1,
-    its limit, at SNR 0 (zero terminal SNR) instead of 0 / 0; for v prediction the v loss already carries
-    a factor SNR + 1, so it is min(SNR, gamma) / (SNR + 1).
-    """
-    ratio = snr(timesteps, alphas_cumprod)
-    if prediction_type == "v_prediction":
-        return ratio.clamp(max=gamma) / (ratio + 1)
-    return (gamma / ratio).clamp(max=1.0)
-
-
 def diffusion_loss(
     prediction: torch.Tensor,
     target: torch.Tensor,
@@ -153,3 +116,50 @@ def diffusion_loss(
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample)
     return per_sample.mean()
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """How a prediction is scored: the loss type and the per-timestep weights, composed in :meth:`loss`.
+
+    The defaults are plain MSE (what ``validation_loss='mse'`` measures whatever the training options).
+    """
+
+    loss_type: str = "l2"
+    min_snr_gamma: float | None = None
+    debiased_estimation: bool = False
+    huber_c: float = 0.1
+    huber_schedule: str = "snr"
+
+    @classmethod
+    def of(cls, hparams) -> LossOptions:
+        """The options of a module's hyperparameters (a mapping with these names)."""
+        return cls(
+            loss_type=hparams["loss_type"],
+            min_snr_gamma=hparams["min_snr_gamma"],
+            debiased_estimation=hparams["debiased_estimation"],
+            huber_c=hparams["huber_c"],
+            huber_schedule=hparams["huber_schedule"],
+        )
+
+    def loss(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        timesteps: torch.Tensor,
+        alphas_cumprod: torch.Tensor,
+        prediction_type: str,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The batch's loss: min-SNR and debiased weights multiplied, the Huber threshold at each timestep."""
+        a = alphas_cumprod
+        weights = None
+        if self.min_snr_gamma:
+            weights = min_snr_weights(timesteps, a, self.min_snr_gamma, prediction_type)
+        if self.debiased_estimation:
+            debiased = debiased_weights(timesteps, a, prediction_type)
+            weights = debiased if weights is None else weights * debiased
+        huber_c = None
+        if self.loss_type in ("huber", "smooth_l1"):
+            huber_c = huber_threshold(timesteps, a, self.huber_c, self.huber_schedule)
+        return diffusion_loss(prediction, target, weights, self.loss_type, huber_c, mask)

@@ -86,8 +86,13 @@ def _config(
 ):
     if network == "lora":
         return LoraConfig(
-            r=rank, lora_alpha=alpha, lora_dropout=dropout, use_dora=use_dora, init_lora_weights=True, **common
-        )  # fmt: skip
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            use_dora=use_dora,
+            init_lora_weights=True,
+            **common,
+        )
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
     if use_dora or dropout:
@@ -126,9 +131,16 @@ def add_lora(
     rank_pattern = {f"^{re.escape(n)}$": conv_rank for n in conv_targets} if conv_rank else {}
     alpha_pattern = {f"^{re.escape(n)}$": conv_alpha or conv_rank for n in conv_targets} if conv_rank else {}
     config = _config(
-        network, rank, alpha, dropout, use_dora, lokr_factor,
-        target_modules=targets + conv_targets, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-    )  # fmt: skip
+        network,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        use_dora=use_dora,
+        lokr_factor=lokr_factor,
+        target_modules=targets + conv_targets,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
     inject_adapter_in_model(config, model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(marker in name for marker in TRAINABLE_MARKERS))

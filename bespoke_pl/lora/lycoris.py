@@ -218,9 +218,14 @@ def peft_lokr(name: str, layer: nn.Module, adapter: str) -> LoKrWeights:
         return table[adapter].detach() if adapter in table else None
 
     weights = LoKrWeights(
-        get(layer.lokr_w1), get(layer.lokr_w1_a), get(layer.lokr_w1_b),
-        get(layer.lokr_w2), get(layer.lokr_w2_a), get(layer.lokr_w2_b), alpha,
-    )  # fmt: skip
+        w1=get(layer.lokr_w1),
+        w1a=get(layer.lokr_w1_a),
+        w1b=get(layer.lokr_w1_b),
+        w2=get(layer.lokr_w2),
+        w2a=get(layer.lokr_w2_a),
+        w2b=get(layer.lokr_w2_b),
+        alpha=alpha,
+    )
     if weights.rank is None:  # readers apply no scale to two full matrices: carry peft's in the weights
         weights.w1 = weights.w1 * (alpha / rank)
         weights.alpha = float(rank)

@@ -14,10 +14,8 @@ import datetime
 import json
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import lightning as L
 
 import bespoke_pl
 from bespoke_pl.pixelart.palette import palette_to_hex
@@ -70,10 +68,27 @@ def objective_metadata(h, alphas_cumprod=None) -> dict:
     }
 
 
-def _learning_rates(trainer: L.Trainer) -> dict[str, float]:
-    if not trainer.optimizers:
+@dataclass
+class RunFacts:
+    """What a LoRA header records of the run besides the model's options: the trainer's counts and settings
+    and the data module's options, gathered by the caller (``callbacks.save_lora``) from Lightning."""
+
+    steps: int
+    num_epochs: int | None
+    max_train_steps: int | float
+    batches_per_epoch: int | float
+    gradient_accumulation: int
+    max_grad_norm: float | None
+    precision: str
+    optimizer: object | None  # the first optimizer (its settings and its groups' learning rates)
+    data: dict = field(default_factory=dict)  # the data module's options; empty: another data source
+    folder: str = "unknown"  # the training folder's name
+
+
+def _learning_rates(optimizer) -> dict[str, float]:
+    if optimizer is None:
         return {}
-    groups = trainer.optimizers[0].param_groups
+    groups = optimizer.param_groups
     return {g.get("name", str(i)): float(g.get("initial_lr", g["lr"])) for i, g in enumerate(groups)}
 
 
@@ -103,8 +118,8 @@ def network_record(h) -> tuple[str, dict[str, str]]:
 
 
 def training_metadata(
-    trainer: L.Trainer,
-    module: L.LightningModule,
+    run: RunFacts,
+    module,
     output_name: str,
     epoch: int,
     started_at: float,
@@ -113,45 +128,44 @@ def training_metadata(
 ) -> dict[str, str]:
     """The header of the LoRA file written after ``epoch`` (1-based) of a run started at ``started_at``.
 
-    ``pairs`` is the run's training set in memory (:class:`~bespoke_pl.data.datamodule.PixelPairs`), for the
-    image count, tag frequencies and palette; None where the data module has none.
+    ``module`` is the trained :class:`~bespoke_pl.training.module.PixelLoRAModule`; ``pairs`` is the run's
+    training set in memory (:class:`~bespoke_pl.data.pairs.PixelPairs`), for the image count, tag
+    frequencies and palette; None where the data module has none.
     """
     h = module.hparams
     family = module.family
     size = h.resolution * h.pixel_scale  # the image side the model was trained on
-    datamodule = trainer.datamodule
-    data = datamodule.hparams if datamodule is not None else {}
-    folder = Path(str(datamodule.root_path)).name if pairs is not None else "unknown"
+    data, folder = run.data, run.folder if pairs is not None else "unknown"
     num_images = len(pairs.captions) if pairs is not None else 0
     repeats = int(data.get("num_repeats", 1))
-    rates = _learning_rates(trainer)
+    rates = _learning_rates(run.optimizer)
     network_module, network_args = network_record(h)
     if h.get("loraplus_lr_ratio") is not None:  # kohya's network_args key, for the UNet and text encoders
         network_args["loraplus_lr_ratio"] = str(float(h.loraplus_lr_ratio))
-    prediction = "v" if getattr(module, "prediction_type", "epsilon") == "v_prediction" else "epsilon"
+    prediction = "v" if module.prediction_type == "v_prediction" else "epsilon"
     metadata = {
         "ss_session_id": session_id,
         "ss_training_started_at": started_at,
         "ss_training_finished_at": datetime.datetime.now().timestamp(),
         "ss_output_name": output_name,
         "ss_epoch": epoch,
-        "ss_steps": trainer.global_step,
-        "ss_num_epochs": trainer.max_epochs,
-        "ss_max_train_steps": trainer.estimated_stepping_batches,
+        "ss_steps": run.steps,
+        "ss_num_epochs": run.num_epochs,
+        "ss_max_train_steps": run.max_train_steps,
         "ss_num_train_images": num_images * repeats,
         "ss_num_reg_images": 0,
-        "ss_num_batches_per_epoch": trainer.num_training_batches,
+        "ss_num_batches_per_epoch": run.batches_per_epoch,
         "ss_batch_size_per_device": data.get("batch_size"),
-        "ss_gradient_accumulation_steps": trainer.accumulate_grad_batches,
+        "ss_gradient_accumulation_steps": run.gradient_accumulation,
         "ss_gradient_checkpointing": bool(h.gradient_checkpointing),
-        "ss_max_grad_norm": trainer.gradient_clip_val,
+        "ss_max_grad_norm": run.max_grad_norm,
         "ss_learning_rate": rates.get("unet"),
         "ss_unet_lr": rates.get("unet"),
         "ss_text_encoder_lr": rates.get("te"),
-        "ss_optimizer": optimizer_description(trainer.optimizers[0]) if trainer.optimizers else None,
+        "ss_optimizer": optimizer_description(run.optimizer) if run.optimizer is not None else None,
         "ss_lr_scheduler": h.lr_schedule,
         "ss_lr_warmup_steps": h.lr_warmup_steps,
-        "ss_mixed_precision": trainer.precision,
+        "ss_mixed_precision": run.precision,
         "ss_seed": os.environ.get("PL_GLOBAL_SEED"),
         "ss_network_module": network_module,
         "ss_network_dim": h.rank,
@@ -164,7 +178,7 @@ def training_metadata(
         "ss_sd_model_name": Path(h.base_model).name if Path(h.base_model).exists() else h.base_model,
         "ss_clip_skip": h.clip_skip,
         "ss_resolution": f"({size}, {size})",
-        "ss_cache_latents": bool(getattr(module, "latent_cache", None)),
+        "ss_cache_latents": module.latent_cache is not None,
         "ss_enable_bucket": False,
         "ss_flip_aug": False,
         "ss_color_aug": False,
@@ -174,7 +188,7 @@ def training_metadata(
         "ss_caption_dropout_rate": data.get("caption_dropout", 0.0),
         "ss_noise_offset": h.noise_offset,
         "ss_min_snr_gamma": h.min_snr_gamma,
-        **objective_metadata(h, getattr(module, "alphas_cumprod", None)),
+        **objective_metadata(h, module.alphas_cumprod),
         "ss_dataset_dirs": json.dumps({folder: {"n_repeats": repeats, "img_count": num_images}}),
         "ss_tag_frequency": json.dumps({folder: tag_frequency(pairs.captions) if pairs else {}}),
         "modelspec.sai_model_spec": "1.0.1",

@@ -15,6 +15,7 @@ import torch
 from torchmetrics import Metric, MetricCollection
 
 from bespoke_pl.pixelart.kid import PixelKID
+from bespoke_pl.pixelart.metric_sums import PerImageSums, without
 from bespoke_pl.pixelart.palette import nearest_in_palette, palette_of
 from bespoke_pl.pixelart.quality import (
     TOLERANCE,
@@ -30,50 +31,7 @@ from bespoke_pl.pixelart.quality import (
 COLOUR_RANGE = (35, 50)  # the originals' colour counts: the default target everywhere
 
 
-def _without(table: torch.Tensor, exclude: torch.Tensor | None, fill: float | bool) -> torch.Tensor:
-    """(B, N) image-to-training table with each image's ``exclude`` column (-1: none) set to ``fill``."""
-    if exclude is not None:
-        rows = torch.nonzero(exclude >= 0).flatten()
-        table[rows, exclude[rows]] = fill
-    return table
-
-
-class _Sums(Metric):
-    """A metric whose state is the running sum of each per-image value, and the image count.
-
-    Subclasses define ``keys`` (the names of ``compute()``, each a per-image value of ``values()``) and
-    ``values(...)``; ``update`` takes the same arguments as ``values``, or ``values=`` already computed.
-    """
-
-    full_state_update = False
-    keys: tuple[str, ...] = ()
-    on_raw = False  # True: also needs the images as generated (24k px), not only the 24x24 art
-    leave_one_out = False  # True: values() takes ``exclude``, a training index per image to skip
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        for name in (*self.keys, "images"):
-            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def values(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def update(self, *args, values: dict[str, torch.Tensor] | None = None, **kwargs) -> None:
-        values = self.values(*args, **kwargs) if values is None else values
-        counted = torch.ones_like(values[self.keys[0]], dtype=torch.bool)
-        for name in self.keys:
-            counted &= torch.isfinite(values[name].double())  # e.g. grid fidelity of an image at k = 1
-        for name in self.keys:
-            setattr(self, name, getattr(self, name) + values[name][counted].double().sum())
-        self.images += counted.sum()
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        count = self.images
-        nan = torch.tensor(float("nan"))
-        return {name: (getattr(self, name) / count).float() if count > 0 else nan for name in self.keys}
-
-
-class ColourCount(_Sums):
+class ColourCount(PerImageSums):
     """Distinct colours per image on the art grid, and whether it lies inside a target range.
 
     Args:
@@ -91,7 +49,7 @@ class ColourCount(_Sums):
         return {"colours": counts, "colours_in_range": (counts >= self.low) & (counts <= self.high)}
 
 
-class PaletteAdherence(_Sums):
+class PaletteAdherence(PerImageSums):
     """Share of an image's pixels within ``tolerance`` (OKLab) of a palette colour, and their mean distance.
 
     :class:`PixelArtQuality` gives it the art grid (the snapped images), so it judges the colour the model
@@ -118,7 +76,7 @@ class PaletteAdherence(_Sums):
         }
 
 
-class GridFidelity(_Sums):
+class GridFidelity(PerImageSums):
     """How much of each raw image already agrees with its k x k blocks (1.0: perfectly blocky, no blur).
 
     Args:
@@ -141,7 +99,7 @@ class GridFidelity(_Sums):
         return {"grid_fidelity": grid_agreement(images, k, self.tolerance, art)}
 
 
-class HeadShape(_Sums):
+class HeadShape(PerImageSums):
     """Heads only: silhouettes against the training silhouettes, and a torso signal at the bottom.
 
     ``silhouette_iou`` is each image's IoU with the nearest training silhouette, ``silhouette_iou_mean``
@@ -178,7 +136,7 @@ class HeadShape(_Sums):
     def values(self, images: torch.Tensor, exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Args: images; exclude: per image, a training index to ignore (-1: none), for leave-one-out."""
         masks = foreground_masks(images, self.tolerance)
-        ious = _without(silhouette_ious(masks, self.train_masks), exclude, -1.0)
+        ious = without(silhouette_ious(masks, self.train_masks), exclude, -1.0)
         widths = bottom_widths(masks, self.bottom_rows)
         return {
             "silhouette_iou": ious.amax(1),
@@ -197,7 +155,7 @@ class HeadShape(_Sums):
         }
 
 
-class Memorisation(_Sums):
+class Memorisation(PerImageSums):
     """Distance to the nearest training image (share of pixels that differ) and copies flagged.
 
     ``values`` also gives the index of each image's nearest training image (``nearest``).
@@ -224,8 +182,8 @@ class Memorisation(_Sums):
 
     def values(self, images: torch.Tensor, exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Args: images; exclude: per image, a training index to ignore (-1: none), for leave-one-out."""
-        distance = _without(copy_distances(images, self.train_images, self.tolerance), exclude, float("inf"))
-        same = _without(identical(images, self.train_images), exclude, False)
+        distance = without(copy_distances(images, self.train_images, self.tolerance), exclude, float("inf"))
+        same = without(identical(images, self.train_images), exclude, False)
         nearest, index = distance.min(1)
         return {
             "copy_distance": nearest,

@@ -8,60 +8,28 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
 
 from bespoke_pl.callbacks.progress import epoch_progress_bar
 from bespoke_pl.callbacks.resume import ExactResume
 from bespoke_pl.callbacks.safe_stop import SafeStop
-from bespoke_pl.diffusion.base import BaseModel, load_base
-from bespoke_pl.diffusion.conditioning import PromptEmbeds, encode_prompts, predict_noise
-from bespoke_pl.diffusion.devices import weight_dtype_for
-from bespoke_pl.diffusion.losses import (
-    HuberSchedule,
-    LossType,
-    debiased_weights,
-    huber_threshold,
-    latent_mask,
-)
-from bespoke_pl.diffusion.objective import (
-    add_noise,
-    alphas_cumprod_from_config,
-    diffusion_loss,
-    make_noise,
-    min_snr_weights,
-    perturb_noise,
-    training_target,
-    zero_terminal_snr_config,
-)
-from bespoke_pl.diffusion.sampling import build_pipeline, generate
+from bespoke_pl.data.datamodule import pixel_data
+from bespoke_pl.diffusion.base import load_base
+from bespoke_pl.diffusion.conditioning import PromptEmbeds
+from bespoke_pl.diffusion.losses import HuberSchedule, LossType
+from bespoke_pl.diffusion.objective import LossOptions, add_noise, make_noise, perturb_noise, training_target
 from bespoke_pl.diffusion.timesteps import TimestepSampling, sample_training_timesteps
-from bespoke_pl.lora.inject import (
-    add_lora,
-    add_text_encoder_lora,
-    lora_parameters,
-    lora_state_dict,
-    unet_targets,
-)
-from bespoke_pl.pixelart.grid import to_model_range, upscale_nearest
-from bespoke_pl.pixelart.roundtrip import images_per_vae_call
-from bespoke_pl.training.cache import LatentCache, TextCache
 from bespoke_pl.training.epoch_loss import EpochLoss
+from bespoke_pl.training.lora_on_base import LoRAOnBase
 from bespoke_pl.training.optim import lora_optimizer
-from bespoke_pl.training.preflight import check_objective
+from bespoke_pl.training.options import check_model_options
 from bespoke_pl.training.schedule_free import to_averaged_point, to_training_point
-from bespoke_pl.training.speed import bring_frozen_back, build_caches, set_attention
-from bespoke_pl.training.validation import (
-    SPLITS,
-    LossSums,
-    ValidationCaches,
-    batch_loss_sum,
-    fixed_timesteps,
-)
+from bespoke_pl.training.speed import build_caches, offload_frozen
+from bespoke_pl.training.validation import LossSums, ValidationCaches, ValidationSteps
 
 log = logging.getLogger(__name__)
 
 
-class PixelLoRAModule(L.LightningModule):
+class PixelLoRAModule(ValidationSteps, LoRAOnBase):
     """LoRA training of an SD 1.5 or SDXL base on nearest-upscaled pixel art.
 
     Args:
@@ -189,138 +157,23 @@ class PixelLoRAModule(L.LightningModule):
         validation_loss: Literal["objective", "mse"] = "objective",
     ) -> None:
         super().__init__()
-        if pixel_scale < 1 or clip_skip < 1 or rank < 1:
-            raise ValueError("pixel_scale, clip_skip and rank must all be >= 1")
         self.save_hyperparameters(ignore=["optimizer"])
+        check_model_options(self.hparams)  # fit's preflight lists the same, with the other sections'
         self.optimizer_factory = optimizer
         # Frozen base weights are not part of a checkpoint (see on_save_checkpoint), so loading is lenient.
         self.strict_loading = False
-        self.family: str | None = None
-        self.tokenizers: list = []
-        self.latent_cache: LatentCache | None = None
-        self.text_cache: TextCache | None = None
+        self.tokenizers = []
+        self.latent_cache = self.text_cache = None  # filled in on_fit_start (family: None until built)
         self.skipped_batches = 0
         self.epoch_loss = EpochLoss()
         self.validation: ValidationCaches | None = None
         self.val_sums = LossSums.empty()
 
-    # ----------------------------------------------------------------------------------------- setup
     def configure_model(self) -> None:
         if self.family is not None:
             return  # already built (configure_model runs once per fit/validate call)
         h = self.hparams
         self.attach_base(load_base(h.base_model, h.family, h.base_config))
-
-    def attach_base(self, base: BaseModel) -> None:
-        """Take a loaded base model, add LoRA and place the frozen parts in their dtypes."""
-        h = self.hparams
-        self.family, self.tokenizers = base.family, base.tokenizers
-        # One schedule for training and sampling: with zero_terminal_snr both use the rescaled betas.
-        config = base.scheduler_config
-        self.scheduler_config = zero_terminal_snr_config(config) if h.zero_terminal_snr else config
-        self.prediction_type = config.get("prediction_type", "epsilon")
-        self.register_buffer("alphas_cumprod", alphas_cumprod_from_config(self.scheduler_config), False)
-        check_objective(h, self.prediction_type, len(self.alphas_cumprod))
-        self.vae = base.vae.float()
-        # configure_model runs before the strategy moves the module, so ask the strategy for the device.
-        device = self._trainer.strategy.root_device if self._trainer is not None else self.device
-        dtype = weight_dtype_for(device, h.weight_dtype)
-        self.unet = base.unet if base.unet.dtype == dtype else base.unet.to(dtype)
-        self.text_encoders = nn.ModuleList(
-            [e if e.dtype == dtype else e.to(dtype) for e in base.text_encoders]
-        )
-        linear, conv = unet_targets(self.unet, include_conv=h.conv_rank is not None)
-        network = {"network": h.network, "lokr_factor": h.lokr_factor}
-        add_lora(
-            self.unet, linear, h.rank, h.alpha, h.lora_dropout, h.use_dora, conv, h.conv_rank, h.conv_alpha,
-            **network,
-        )  # fmt: skip
-        if h.train_text_encoder:
-            add_text_encoder_lora(
-                list(self.text_encoders),
-                self.family,
-                h.clip_skip,
-                h.rank,
-                h.alpha,
-                h.lora_dropout,
-                h.use_dora,
-                **network,
-            )
-        # LoRA weights train in float32 even when the frozen weights they sit on are half precision.
-        for parameter in self.trainable_parameters():
-            parameter.data = parameter.data.float()
-        if h.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-        set_attention(self.unet, h.attention)
-        if h.compile_unet:
-            self.unet.compile()  # in place: parameter names (and so checkpoints and LoRA files) stay the same
-        self.train(self.training)
-        trainable = sum(p.numel() for p in self.trainable_parameters())
-        modules = len(linear) + len(conv)
-        log.info(
-            "%s base %s: %d trainable LoRA parameters (%d modules)",
-            self.family,
-            h.base_model,
-            trainable,
-            modules,
-        )
-
-    def train(self, mode: bool = True):
-        """Frozen parts stay in eval mode; only LoRA dropout follows the training mode."""
-        super().train(mode)
-        if self.family is None:
-            return self
-        for part in (self.vae, self.unet, self.text_encoders):
-            part.eval()
-            for name, module in part.named_modules():
-                if "lora_dropout" in name:
-                    module.train(mode)
-        return self
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        params = lora_parameters(self.unet)
-        if self.hparams.train_text_encoder:
-            params += [p for e in self.text_encoders for p in lora_parameters(e)]
-        return params
-
-    # ------------------------------------------------------------------------------------- encoding
-    @property
-    def image_size(self) -> int:
-        return self.hparams.resolution * self.hparams.pixel_scale
-
-    @property
-    def conditioning_size(self) -> int:
-        """The image size SDXL is told (original and target size time ids): ``sdxl_size`` or the real one."""
-        return self.hparams.sdxl_size or self.image_size
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor, mean: bool = False) -> torch.Tensor:
-        """uint8 art (B, 3, 24, 24) -> scaled latents (B, 4, 3k, 3k) through the fp32 VAE.
-
-        The posterior mean, not a sample: the art is exact, and a deterministic latent is what a cache
-        stores; the SD VAE's posterior variance is tiny anyway. ``latent_sampling='sample'`` draws instead,
-        unless ``mean`` (validation, which must measure the same latent every time).
-        """
-        vae_device = next(self.vae.parameters()).device
-        k = self.hparams.pixel_scale
-        draw = self.hparams.latent_sampling == "sample" and not mean
-        parts = []
-        # The caches, validation and uncached steps all encode here, so here the pixel budget applies.
-        for chunk in pixels.split(images_per_vae_call(pixels.shape[-1] * k, len(pixels))):
-            images = to_model_range(upscale_nearest(chunk, k)).to(vae_device)
-            with torch.autocast(vae_device.type, enabled=False):
-                posterior = self.vae.encode(images.float()).latent_dist
-                parts.append(posterior.sample() if draw else posterior.mean)
-        return torch.cat(parts).to(self.device) * self.vae.config.scaling_factor
-
-    def encode_text(self, captions: list[str]) -> PromptEmbeds:
-        """Captions -> UNet conditioning, with the training clip skip (used for sampling too)."""
-        encoders = list(self.text_encoders)
-        with torch.set_grad_enabled(self.hparams.train_text_encoder and torch.is_grad_enabled()):
-            return encode_prompts(captions, self.tokenizers, encoders, self.hparams.clip_skip).to(self.device)
-
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeds: PromptEmbeds) -> torch.Tensor:
-        return predict_noise(self.unet, noisy, timesteps, embeds, self.conditioning_size)
 
     # ------------------------------------------------------------------------------------- training
     def compute_loss(
@@ -345,37 +198,31 @@ class PixelLoRAModule(L.LightningModule):
             noise = make_noise(latents, h.noise_offset)
         if timesteps is None:
             timesteps = sample_training_timesteps(
-                latents.shape[0], len(self.alphas_cumprod), h.timestep_sampling, h.timestep_min,
-                h.timestep_max, h.timestep_shift, h.logit_mean, h.logit_std, device=latents.device,
-            )  # fmt: skip
+                latents.shape[0],
+                len(self.alphas_cumprod),
+                sampling=h.timestep_sampling,
+                t_min=h.timestep_min,
+                t_max=h.timestep_max,
+                shift=h.timestep_shift,
+                logit_mean=h.logit_mean,
+                logit_std=h.logit_std,
+                device=latents.device,
+            )
         # The perturbation is part of a training draw; given timesteps and noise are used as they are.
         noisy_input = perturb_noise(noise, h.ip_noise_gamma) if drawn else noise
         noisy = add_noise(latents, noisy_input, timesteps, self.alphas_cumprod)
         target = training_target(latents, noise, timesteps, self.alphas_cumprod, self.prediction_type)
         prediction = self.predict(noisy, timesteps, embeds)
-        if plain:
-            return diffusion_loss(prediction, target, None, "l2", None, mask)
-        a, kind = self.alphas_cumprod, self.prediction_type
-        weights = min_snr_weights(timesteps, a, h.min_snr_gamma, kind) if h.min_snr_gamma else None
-        if h.debiased_estimation:
-            debiased = debiased_weights(timesteps, a, kind)
-            weights = debiased if weights is None else weights * debiased
-        huber_c = None
-        if h.loss_type in ("huber", "smooth_l1"):
-            huber_c = huber_threshold(timesteps, a, h.huber_c, h.huber_schedule)
-        return diffusion_loss(prediction, target, weights, h.loss_type, huber_c, mask)
-
-    def loss_mask(self, alpha: torch.Tensor | None, latent_size: tuple[int, int]) -> torch.Tensor | None:
-        """Per-latent-cell loss weights (B, 1, h, w) from the art's alpha uint8 (B, 1, H, W); None: unmasked."""
-        if alpha is None:
-            return None
-        return latent_mask(alpha.to(self.device), self.hparams.pixel_scale, latent_size)
+        options = LossOptions() if plain else LossOptions.of(h)
+        return options.loss(prediction, target, timesteps, self.alphas_cumprod, self.prediction_type, mask)
 
     def on_fit_start(self) -> None:
         # Validation latents first: build_caches may move the VAE off the accelerator afterwards.
-        sets = getattr(self.trainer.datamodule, "validation_sets", list)()
+        data = pixel_data(self.trainer)
+        sets = data.validation_sets() if data is not None else []
         self.validation = ValidationCaches.build(self, sets) if sets else None
-        build_caches(self, self.trainer.datamodule)
+        self.latent_cache, self.text_cache = build_caches(self, data)
+        offload_frozen(self)
 
     def batch_loss(self, batch: dict) -> torch.Tensor:
         """The diffusion loss of a data batch, from the caches where they are on."""
@@ -426,39 +273,6 @@ class PixelLoRAModule(L.LightningModule):
             self.log("train/loss_epoch", total / count, on_step=False, on_epoch=True)
         self.log("epoch", float(self.current_epoch + 1), on_step=False, on_epoch=True)
 
-    # ----------------------------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        self.val_sums = LossSums.empty()
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        """The deterministic loss (see :mod:`~bespoke_pl.training.validation`) of held-out images
-        (``dataloader_idx`` 0) or of the training subset (1)."""
-        index = batch["index"]
-        if self.validation is not None:
-            latents, embeds, mask = self.validation.lookup(
-                self, dataloader_idx, index, list(batch["caption"])
-            )
-        else:  # validation outside fit (no caches built)
-            latents = self.encode_images(batch["pixels"], mean=True)
-            embeds = self.encode_text(list(batch["caption"]))
-            mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
-        timesteps = fixed_timesteps(self.hparams.validation_timesteps, len(self.alphas_cumprod))
-        seed = self.hparams.validation_seed + dataloader_idx  # the subset's noise is not the held-out's
-
-        def loss(latents, embeds, timesteps, noise):
-            plain = self.hparams.validation_loss == "mse"
-            return self.compute_loss(latents, embeds, timesteps, noise, mask=mask, plain=plain)
-
-        total = batch_loss_sum(loss, latents, embeds, index, timesteps, seed)
-        self.val_sums.add(SPLITS[dataloader_idx], total, len(index))
-
-    def on_validation_epoch_end(self) -> None:
-        sums = self.val_sums
-        if self.trainer.world_size > 1:  # each process measured its share of the images
-            sums = sums.reduced(self.trainer.strategy, self.device)
-        for name, value in sums.means().items():
-            self.log(name, value, on_epoch=True, add_dataloader_idx=False, batch_size=1)
-
     def configure_optimizers(self):
         return lora_optimizer(self)
 
@@ -474,15 +288,7 @@ class PixelLoRAModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Only what is trained: a few MB of LoRA, not gigabytes of frozen base weights.
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
-        bad = [k for k, v in checkpoint["state_dict"].items() if not torch.isfinite(v).all()]
-        if bad:  # a resumable state must never be replaced by diverged weights
-            raise FloatingPointError(
-                f"refusing to write a checkpoint at global step {self.global_step}: non-finite LoRA weights "
-                f"in {len(bad)} tensors, e.g. {bad[0]}"
-            )
+        checkpoint["state_dict"] = self.trained_state(checkpoint["state_dict"])
         checkpoint["skipped_batches"] = self.skipped_batches
         checkpoint["epoch_loss"] = self.epoch_loss.state_dict()
 
@@ -491,43 +297,3 @@ class PixelLoRAModule(L.LightningModule):
         # Under DDP each rank's sums are its own; rank zero's are the ones saved, so only it restores them.
         if "epoch_loss" in checkpoint and self.global_rank == 0:
             self.epoch_loss.load_state_dict(checkpoint["epoch_loss"])
-
-    def lora_components(self) -> dict[str, nn.Module]:
-        """The modules carrying LoRA, by diffusers component name (``unet``, ``text_encoder``, ...)."""
-        parts: dict[str, nn.Module] = {"unet": self.unet}
-        if self.hparams.train_text_encoder:
-            for i, encoder in enumerate(self.text_encoders):
-                parts["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = encoder
-        return parts
-
-    def lora_state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """LoRA weights per component in peft naming (``<module>.lora_A.weight`` ...)."""
-        return {name: lora_state_dict(model) for name, model in self.lora_components().items()}
-
-    # -------------------------------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        prompts: list[str],
-        seeds: list[int],
-        negative_prompt: str = "",
-        steps: int = 20,
-        guidance_scale: float = 5.0,
-        sampler: str = "euler",
-    ) -> torch.Tensor:
-        """Generate at 24k px: the decoded images, uint8 (N, 3, 24k, 24k); :func:`~bespoke_pl.pixelart.snap.to_art`
-        turns them into the art."""
-        was_training = self.training
-        self.eval()
-        restore = bring_frozen_back(self)
-        try:
-            parts = (self.family, self.unet, self.vae, self.tokenizers, list(self.text_encoders))
-            pipe = build_pipeline(*parts, self.scheduler_config, sampler)
-            size, told = self.image_size, self.conditioning_size
-            return generate(
-                pipe, self.encode_text, prompts, seeds, size, negative_prompt, steps, guidance_scale,
-                conditioning_size=told,
-            )  # fmt: skip
-        finally:
-            restore()
-            self.train(was_training)

@@ -10,8 +10,10 @@ What is refused, and why:
   (8 for SD 1.5 and SDXL): the encoder would drop the last pixels and sampling at that size fails. The
   UNet's own downsampling is not a constraint: diffusers passes explicit upsample sizes, so odd latents
   (3x3 at k=1, 9x9 at k=3) train and sample; with 24x24 art every k is valid (24 = 3 x 8);
-- objective values outside their domain: an empty timestep range, a Huber threshold, shift or logit
-  std <= 0, a negative input perturbation; a range beyond the base's own schedule once it is known;
+- values outside their range: the model's and the data's ranges are checked by
+  :mod:`bespoke_pl.training.options` and :mod:`bespoke_pl.data.options` (which the module and the data
+  module run too, so Python and ``from-kohya`` get the same messages); here they are listed with the
+  trainer's and the optimizer's in one line, before anything loads;
 - a new run in a folder that already holds another run's LoRA files or checkpoints.
 """
 
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from math import gcd
 from pathlib import Path
 
+from bespoke_pl.data.options import bad_number, data_problems
 from bespoke_pl.diffusion.base import check_family, detect_family, resolve_spec
 from bespoke_pl.errors import ConfigError
 from bespoke_pl.training.optimizer_choices import optimizer_problems
+from bespoke_pl.training.options import model_problems
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,6 @@ def check_pixel_grid(resolution: int, pixel_scale: int, factor: int = DEFAULT_VA
         )
 
 
-def _bad_number(value) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
 def value_problems(config) -> list[str]:
     """Values that cannot work or would train nothing, one message each (a parsed ``fit`` namespace).
 
@@ -86,108 +85,12 @@ def value_problems(config) -> list[str]:
         problems.append("trainer.max_steps 0 trains nothing (-1: no step limit)")
     optimizer = getattr(model, "optimizer", None)
     lr = getattr(getattr(optimizer, "init_args", None), "lr", None)
-    for name, value in (("model.optimizer.lr", lr), ("model.text_encoder_lr", model.text_encoder_lr)):
-        if isinstance(value, int | float) and (_bad_number(value) or value <= 0):
-            problems.append(f"{name} must be a positive number, got {value} (0 trains nothing)")
-    for name in ("alpha", "conv_alpha"):
-        value = getattr(model, name)
-        if value is not None and (_bad_number(value) or value == 0):
-            problems.append(
-                f"model.{name} {value} makes the LoRA's scale alpha / rank {value}: it trains nothing"
-            )
-    for name in ("rank", "pixel_scale", "clip_skip"):
-        if getattr(model, name) < 1:
-            problems.append(f"model.{name} must be >= 1, got {getattr(model, name)}")
-    if model.lokr_factor != -1 and model.lokr_factor < 1:
-        problems.append(
-            f"model.lokr_factor must be >= 1 or -1 (near the square root), got {model.lokr_factor}"
-        )
-    if model.conv_rank is not None and model.conv_rank < 1:
-        problems.append(f"model.conv_rank must be >= 1 or null (no convolution LoRA), got {model.conv_rank}")
-    if not 0 <= model.lora_dropout < 1 or _bad_number(model.lora_dropout):
-        problems.append(f"model.lora_dropout must be in [0, 1), got {model.lora_dropout}")
-    if _bad_number(model.noise_offset) or model.noise_offset < 0:
-        problems.append(f"model.noise_offset must be >= 0, got {model.noise_offset}")
-    if model.min_snr_gamma is not None and (_bad_number(model.min_snr_gamma) or model.min_snr_gamma <= 0):
-        problems.append(f"model.min_snr_gamma must be > 0 or null (off), got {model.min_snr_gamma}")
-    problems += objective_problems(model)
-    if model.lr_warmup_steps < 0:
-        problems.append(f"model.lr_warmup_steps must be >= 0, got {model.lr_warmup_steps}")
-    ratio = model.get("loraplus_lr_ratio")
-    if ratio is not None and (_bad_number(ratio) or ratio <= 0):
-        problems.append(
-            f"model.loraplus_lr_ratio must be > 0 or null (off; the paper suggests 16), got {ratio}"
-        )
+    if isinstance(lr, int | float) and (bad_number(lr) or lr <= 0):
+        problems.append(f"model.optimizer.lr must be a positive number, got {lr} (0 trains nothing)")
+    problems += model_problems(model)  # the same checks as PixelLoRAModule.__init__'s, listed with the rest
     problems += optimizer_problems(model, trainer)  # Prodigy, schedule-free and 8-bit optimizers' needs
-    for name in ("batch_size", "num_repeats"):
-        if getattr(data, name) < 1:
-            problems.append(f"data.{name} must be >= 1, got {getattr(data, name)}")
-    if data.num_workers < 0:
-        problems.append(
-            f"data.num_workers must be >= 0 (0: load in the main process), got {data.num_workers}"
-        )
-    if not 0 <= data.caption_dropout <= 1 or _bad_number(data.caption_dropout):
-        problems.append(f"data.caption_dropout must be in [0, 1], got {data.caption_dropout}")
-    problems += _validation_problems(model, data)
+    problems += data_problems(data)
     return problems
-
-
-def _validation_problems(model, data) -> list[str]:
-    split = data.val_split
-    problems = []
-    if _bad_number(split) or split < 0 or (split >= 1 and split != int(split)):
-        problems.append(
-            f"data.val_split must be a fraction in [0, 1) or a whole count of images, got {split}"
-        )
-    if split and data.val_root:
-        problems.append(
-            "data.val_split and data.val_root both set: hold out images or give a folder, not both"
-        )
-    if model.validation_timesteps < 1:
-        problems.append(f"model.validation_timesteps must be >= 1, got {model.validation_timesteps}")
-    return problems
-
-
-def objective_problems(model) -> list[str]:
-    """The objective options' values that cannot work (timestep range, Huber threshold, perturbation)."""
-    problems = []
-    low, high = model.timestep_min, model.timestep_max
-    if low < 0:
-        problems.append(f"model.timestep_min must be >= 0, got {low}")
-    if high is not None and high <= max(low, 0):
-        problems.append(
-            f"model.timestep_max {high} must be > model.timestep_min {max(low, 0)} "
-            "(timesteps are drawn from [min, max))"
-        )
-    for name in ("huber_c", "timestep_shift", "logit_std"):
-        value = getattr(model, name)
-        if _bad_number(value) or value <= 0:
-            problems.append(f"model.{name} must be > 0, got {value}")
-    if _bad_number(model.logit_mean):
-        problems.append(f"model.logit_mean must be a finite number, got {model.logit_mean}")
-    if _bad_number(model.ip_noise_gamma) or model.ip_noise_gamma < 0:
-        problems.append(f"model.ip_noise_gamma must be >= 0 (0: off), got {model.ip_noise_gamma}")
-    return problems
-
-
-def check_objective(hparams, prediction_type: str, num_timesteps: int) -> None:
-    """What only the base's schedule can tell: a timestep range beyond it, zero terminal SNR on an
-    epsilon base (allowed, as kohya allows it, with a warning)."""
-    if hparams.timestep_max is not None and hparams.timestep_max > num_timesteps:
-        raise ConfigError(
-            f"model.timestep_max {hparams.timestep_max} is beyond the base's {num_timesteps} training timesteps "
-            f"(the range is [timestep_min, timestep_max), at most {num_timesteps})"
-        )
-    if hparams.timestep_min >= num_timesteps:
-        raise ConfigError(
-            f"model.timestep_min {hparams.timestep_min} is beyond the base's {num_timesteps} training timesteps"
-        )
-    if hparams.zero_terminal_snr and prediction_type == "epsilon":
-        log.warning(
-            "model.zero_terminal_snr on an epsilon-prediction base: at the last timestep the input is pure "
-            "noise and predicting that noise says nothing about the image; Lin et al. pair the rescaled "
-            "schedule with v prediction. Training goes on (min-SNR and debiased weights stay finite)"
-        )
 
 
 def check_options(config) -> None:

@@ -10,13 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from bespoke_pl.training.cache import (
-    LatentCache,
-    TextCache,
-    latent_cache_refusal,
-    module_fingerprint,
-    text_cache_refusal,
-)
+from bespoke_pl.data.datamodule import PixelArtDataModule
+from bespoke_pl.training.cache import LatentCache, TextCache, latent_cache_refusal, text_cache_refusal
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +32,6 @@ def _frozen_parts(module) -> list[torch.nn.Module]:
     return parts
 
 
-def latent_key(module) -> str:
-    """What a latent depends on besides its pixels: the VAE's weights and ``pixel_scale``.
-
-    Hashing the VAE reads all its weights, so it is done once per module (the VAE is frozen).
-    """
-    if getattr(module, "_latent_key", None) is None:
-        module._latent_key = f"{module_fingerprint(module.vae)}|k={module.hparams.pixel_scale}"
-    return module._latent_key
-
-
 def cache_latents(module, pairs) -> LatentCache:
     """The posterior-mean latents of ``pairs`` on the module's device (from the disk cache where there),
     with their loss masks when the pairs carry an alpha (``data.alpha_mask``)."""
@@ -55,42 +40,47 @@ def cache_latents(module, pairs) -> LatentCache:
         return module.encode_images(pixels, mean=True)
 
     built = LatentCache.build(
-        pairs.images, encode, cache_dir=module.hparams.latent_cache_dir, key_extra=latent_key(module)
+        pairs.images, encode, cache_dir=module.hparams.latent_cache_dir, key_extra=module.latent_key
     )
     latents = built.latents.to(module.device)
-    alphas = getattr(pairs, "alphas", None)
-    masks = module.loss_mask(alphas, latents.shape[-2:]) if alphas is not None else None
+    masks = module.loss_mask(pairs.alphas, latents.shape[-2:]) if pairs.alphas is not None else None
     return LatentCache(latents, masks)
 
 
-def build_caches(module, datamodule) -> None:
-    """Fill the latent and text caches when valid (logging why not otherwise), then offload.
+def build_caches(module, data: PixelArtDataModule | None) -> tuple[LatentCache | None, TextCache | None]:
+    """The latent and text caches where they are valid (logging why not otherwise); the module keeps them.
 
     Args:
         module: The :class:`~bespoke_pl.training.module.PixelLoRAModule`, already on its device.
-        datamodule: The data module whose in-memory pairs and caption options decide what is cacheable.
+        data: The data module, whose in-memory pairs and caption options decide what is cacheable; None
+            (loaders or a data module of the user's own): no caches.
     """
     h = module.hparams
-    pairs = getattr(datamodule, "pairs", None)
-    train_set = getattr(datamodule, "train_set", None)
-    if pairs is None or train_set is None:
+    if data is None:
         log.info("caches off: the data module does not hold the training set in memory")
-        return
+        return None, None
+    pairs = data.training_pairs()
+    latents = text = None
     if h.cache_latents:
         refusal = latent_cache_refusal(h.latent_sampling)
         if refusal:
             log.warning("latent cache off: %s", refusal)
         else:
-            module.latent_cache = cache_latents(module, pairs)
+            latents = cache_latents(module, pairs)
     if h.cache_text:
         refusal = text_cache_refusal(
-            h.train_text_encoder, train_set.caption_dropout, train_set.shuffle_captions
+            h.train_text_encoder, data.hparams.caption_dropout, data.hparams.shuffle_captions
         )
         if refusal:
             log.warning("text-embedding cache off: %s", refusal)
         else:
-            module.text_cache = TextCache.build(pairs.captions, module.encode_text)
-    if h.offload_frozen and module.device.type != "cpu":
+            text = TextCache.build(pairs.captions, module.encode_text)
+    return latents, text
+
+
+def offload_frozen(module) -> None:
+    """Move the parts the caches stand in for (VAE, frozen text encoders) off the accelerator."""
+    if module.hparams.offload_frozen and module.device.type != "cpu":
         for part in _frozen_parts(module):
             part.to("cpu")
         if module.device.type == "cuda":

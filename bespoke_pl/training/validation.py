@@ -126,3 +126,38 @@ class ValidationCaches:
         embeds = self.embeds[split][index] if self.embeds is not None else module.encode_text(captions)
         latents = self.latents[split]
         return latents[index], embeds, latents.mask(index)
+
+
+class ValidationSteps:
+    """The LightningModule's validation hooks: the deterministic loss of held-out images (``dataloader_idx``
+    0) and of the training subset (1), summed per split and logged as their means."""
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_sums = LossSums.empty()
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        index = batch["index"]
+        if self.validation is not None:
+            latents, embeds, mask = self.validation.lookup(
+                self, dataloader_idx, index, list(batch["caption"])
+            )
+        else:  # validation outside fit (no caches built)
+            latents = self.encode_images(batch["pixels"], mean=True)
+            embeds = self.encode_text(list(batch["caption"]))
+            mask = self.loss_mask(batch.get("alpha"), latents.shape[-2:])
+        timesteps = fixed_timesteps(self.hparams.validation_timesteps, len(self.alphas_cumprod))
+        seed = self.hparams.validation_seed + dataloader_idx  # the subset's noise is not the held-out's
+
+        def loss(latents, embeds, timesteps, noise):
+            plain = self.hparams.validation_loss == "mse"
+            return self.compute_loss(latents, embeds, timesteps, noise, mask=mask, plain=plain)
+
+        total = batch_loss_sum(loss, latents, embeds, index, timesteps, seed)
+        self.val_sums.add(SPLITS[dataloader_idx], total, len(index))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.val_sums
+        if self.trainer.world_size > 1:  # each process measured its share of the images
+            sums = sums.reduced(self.trainer.strategy, self.device)
+        for name, value in sums.means().items():
+            self.log(name, value, on_epoch=True, add_dataloader_idx=False, batch_size=1)
