@@ -18,7 +18,7 @@ def test_every_command_is_run_or_marked():
     found = documented_commands()
     assert len(found) >= 15
     for command in found:
-        assert command.line.startswith(("python -m bespoke_pl", "python -m pytest", "pip install", "tensorboard",
+        assert command.line.startswith(("python -m bespoke_pl", "python -m pytest", "pip install", "tensorboard", "python benchmarks/",
                                         "ruff")) or command.skipped, f"{command.page}: {command.line}"  # fmt: skip
     readme = [c.line for c in found if c.page == "README.md"]
     assert readme[1] == DEMO, "the README's second command is the offline demo"
